@@ -1,0 +1,350 @@
+//! `/debug/bg`: a live page for on-call engineers, with no infrastructure.
+//!
+//! Mount the router in your app, behind your own auth layer: the page names
+//! your task types and links to traces, which is internal information, and
+//! every request takes each pool's lock briefly. For example:
+//!
+//! ```no_run
+//! # async fn run(bg: bg_queue::BackgroundTx) {
+//! let app = axum::Router::new()
+//!     // ... your routes ...
+//!     .merge(bg_queue::DebugPage::new().pool(bg).router());
+//!     // .layer(your_admin_auth_layer)
+//! # let _: axum::Router = app;
+//! # }
+//! ```
+//!
+//! `GET /debug/bg` serves HTML that renders without scripts and refreshes
+//! itself every two seconds when scripts run; `GET /debug/bg.json` serves the
+//! same figures as JSON. Both answer `HEAD`, send `Cache-Control: no-store`,
+//! and answer other methods with 405. A response's size is bounded: per pool
+//! it holds one row per task name, at most 20 drops, 20 slow runs and 300
+//! depth samples.
+
+use axum::extract::{Query, State};
+use axum::http::header::{self, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+use serde::Deserialize;
+
+use crate::stats::{PoolSnapshot, TaskSnapshot};
+use crate::{BackgroundTx, Percentiles};
+
+/// Default Jaeger UI address, used when `JAEGER_UI_URL` is not set.
+pub const DEFAULT_JAEGER_UI_URL: &str = "http://localhost:16686";
+
+/// Configures the debug router: which pools to show and where Jaeger is.
+#[derive(Debug, Clone)]
+#[must_use = "call `router()` to get something to mount"]
+pub struct DebugPage {
+    pools: Vec<BackgroundTx>,
+    jaeger_ui_url: String,
+}
+
+impl Default for DebugPage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DebugPage {
+    /// No pools yet; the Jaeger address from `JAEGER_UI_URL`, defaulting to
+    /// `http://localhost:16686`.
+    pub fn new() -> Self {
+        let jaeger_ui_url = std::env::var("JAEGER_UI_URL")
+            .ok()
+            .filter(|url| !url.trim().is_empty())
+            .unwrap_or_else(|| DEFAULT_JAEGER_UI_URL.to_owned());
+        DebugPage {
+            pools: Vec::new(),
+            jaeger_ui_url,
+        }
+    }
+
+    /// Adds a pool to the page.
+    pub fn pool(mut self, pool: BackgroundTx) -> Self {
+        self.pools.push(pool);
+        self
+    }
+
+    /// The Jaeger UI base address trace ids link to. Defaults to
+    /// `JAEGER_UI_URL` or `http://localhost:16686`.
+    pub fn jaeger_ui_url(mut self, url: impl Into<String>) -> Self {
+        self.jaeger_ui_url = url.into();
+        self
+    }
+
+    /// The router serving `/debug/bg` and `/debug/bg.json`.
+    pub fn router(self) -> Router {
+        let state = std::sync::Arc::new(self);
+        Router::new()
+            .route("/debug/bg", get(html_page))
+            .route("/debug/bg.json", get(json_page))
+            .with_state(state)
+    }
+
+    fn snapshots(&self) -> Vec<PoolSnapshot> {
+        self.pools.iter().map(BackgroundTx::snapshot).collect()
+    }
+}
+
+/// Shorthand for `DebugPage::new()` with these pools, then `.router()`.
+pub fn debug_router(pools: impl IntoIterator<Item = BackgroundTx>) -> Router {
+    pools
+        .into_iter()
+        .fold(DebugPage::new(), DebugPage::pool)
+        .router()
+}
+
+type PageState = State<std::sync::Arc<DebugPage>>;
+
+fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+#[derive(serde::Serialize)]
+struct JsonBody {
+    pools: Vec<PoolSnapshot>,
+}
+
+async fn json_page(State(page): PageState) -> Response {
+    let body = JsonBody {
+        pools: page.snapshots(),
+    };
+    // Serializing plain counters and strings cannot fail.
+    let json = serde_json::to_vec(&body).unwrap_or_default();
+    no_store(([(header::CONTENT_TYPE, "application/json")], json).into_response())
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    /// `?partial=1`: only the live part, for the refresh script.
+    #[serde(default)]
+    partial: Option<String>,
+}
+
+async fn html_page(State(page): PageState, Query(query): Query<PageQuery>) -> Response {
+    let snapshots = page.snapshots();
+    let partial = query.partial.is_some();
+    let body = if partial {
+        live_part(&snapshots, &page.jaeger_ui_url)
+    } else {
+        full_page(&snapshots, &page.jaeger_ui_url)
+    };
+    no_store(axum::response::Html(body.into_string()).into_response())
+}
+
+const STYLE: &str = r#"
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#1d2330;background:#fafbfc}
+h1{font-size:1.3em;margin:0 0 .2em} h2{font-size:1.1em;margin:1.4em 0 .4em}
+.muted{color:#667085} .pool{background:#fff;border:1px solid #d0d5dd;border-radius:8px;padding:1em;margin:1em 0}
+.hot{border-color:#d92d20;box-shadow:0 0 0 2px #fecdca}
+.bar{position:relative;height:22px;background:#eaecf0;border-radius:4px;overflow:hidden;margin:.3em 0}
+.fill{height:100%;background:#2e90fa} .fill.warn{background:#f79009} .fill.crit{background:#d92d20}
+.bar span{position:absolute;left:8px;top:2px;font-weight:600}
+.figs{display:flex;flex-wrap:wrap;gap:1.5em;margin:.6em 0} .fig b{display:block;font-size:1.4em}
+.bad b{color:#d92d20}
+table{border-collapse:collapse;width:100%;margin:.3em 0} th,td{padding:3px 8px;border-bottom:1px solid #eaecf0;text-align:right}
+th:first-child,td:first-child{text-align:left} tr.bad td{background:#fef3f2}
+svg{background:#f2f4f7;border-radius:4px}
+"#;
+
+const SCRIPT: &str = r#"
+(function(){
+  var live=document.getElementById('live');
+  function tick(){
+    fetch(location.pathname+'?partial=1',{cache:'no-store'})
+      .then(function(r){return r.ok?r.text():Promise.reject(r.status)})
+      .then(function(t){live.innerHTML=t;document.getElementById('stale').textContent='';})
+      .catch(function(){document.getElementById('stale').textContent=' (refresh failed; retrying)';});
+  }
+  setInterval(tick,2000);
+})();
+"#;
+
+fn full_page(snapshots: &[PoolSnapshot], jaeger: &str) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { "bg-queue: background tasks" }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                h1 { "Background tasks" }
+                p.muted {
+                    "Live view of the bg-queue pools in this process. Refreshes every 2 s"
+                    span #stale {}
+                    ". JSON: " a href="bg.json" { "bg.json" }
+                }
+                div #live { (live_part(snapshots, jaeger)) }
+                script { (PreEscaped(SCRIPT)) }
+            }
+        }
+    }
+}
+
+fn live_part(snapshots: &[PoolSnapshot], jaeger: &str) -> Markup {
+    html! {
+        @if snapshots.is_empty() {
+            p { "No pools registered." }
+        }
+        @for pool in snapshots {
+            (pool_section(pool, jaeger))
+        }
+    }
+}
+
+fn ratio(part: u64, whole: usize) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        (part as f64 / whole as f64).min(1.0)
+    }
+}
+
+fn level(fraction: f64) -> &'static str {
+    if fraction >= 0.9 {
+        "fill crit"
+    } else if fraction >= 0.6 {
+        "fill warn"
+    } else {
+        "fill"
+    }
+}
+
+fn ms(value: Option<f64>) -> String {
+    value.map_or_else(|| "–".to_owned(), |v| format!("{v:.1}"))
+}
+
+fn pool_section(pool: &PoolSnapshot, jaeger: &str) -> Markup {
+    let depth = ratio(pool.queued, pool.capacity);
+    let busy = ratio(pool.running, pool.parallelism);
+    let hot =
+        depth >= 0.9 || pool.dropped_by_reason.queue_full > 0 && !pool.recent_drops.is_empty();
+    html! {
+        section.pool.hot[hot] data-pool=(pool.name) {
+            h2 { "Pool " code { (pool.name) } @if !pool.accepting { " (closed)" } }
+            div.bar title="queued / capacity" {
+                div class=(level(depth)) style=(format!("width:{:.1}%", depth * 100.0)) {}
+                span data-field="depth" { "queued " (pool.queued) " / " (pool.capacity) }
+            }
+            div.bar title="running / parallelism" {
+                div class=(level(busy)) style=(format!("width:{:.1}%", busy * 100.0)) {}
+                span data-field="running" { "running " (pool.running) " / " (pool.parallelism) }
+            }
+            div.figs {
+                div.fig.bad[pool.oldest_queued_seconds >= 10.0] { b data-field="oldest" { (format!("{:.1} s", pool.oldest_queued_seconds)) } "oldest queued" }
+                div.fig { b { (pool.spawned) } "spawned" }
+                div.fig { b { (pool.completed) } "completed" }
+                div.fig.bad[pool.failed > 0] { b { (pool.failed) } "failed" }
+                div.fig.bad[pool.dropped > 0] {
+                    b data-field="dropped" { (pool.dropped) }
+                    "dropped (full " (pool.dropped_by_reason.queue_full)
+                    ", closed " (pool.dropped_by_reason.closed)
+                    ", no runtime " (pool.dropped_by_reason.no_runtime) ")"
+                }
+                div.fig.bad[pool.panicked > 0] { b { (pool.panicked) } "panicked" }
+                div.fig.bad[pool.timed_out > 0] { b { (pool.timed_out) } "timed out" }
+                div.fig.bad[pool.abandoned > 0] { b { (pool.abandoned) } "abandoned" }
+            }
+            (depth_chart(&pool.depth_history, pool.capacity))
+            h2 { "By task" }
+            table {
+                thead { tr {
+                    th { "task" } th { "queued" } th { "running" } th { "spawned" } th { "completed" }
+                    th { "failed" } th { "dropped" } th { "panicked" } th { "timed out" }
+                    th { "wait p50 / p99 ms" } th { "run p50 / p99 / max ms" }
+                } }
+                tbody {
+                    @for task in &pool.tasks { (task_row(task)) }
+                }
+            }
+            h2 { "Recent drops" }
+            @if pool.recent_drops.is_empty() { p.muted { "None." } } @else {
+                table {
+                    thead { tr { th { "at" } th { "task" } th { "reason" } th { "trace" } } }
+                    tbody { @for drop in &pool.recent_drops { tr.bad {
+                        td { (drop.at) } td { (drop.task) } td { (drop.reason) } td { (trace_link(jaeger, drop.trace_id.as_deref())) }
+                    } } }
+                }
+            }
+            h2 { "Slowest recent runs" }
+            @if pool.slowest.is_empty() { p.muted { "None yet." } } @else {
+                table {
+                    thead { tr { th { "at" } th { "task" } th { "outcome" } th { "wait ms" } th { "run ms" } th { "trace" } } }
+                    tbody { @for slow in &pool.slowest { tr.bad[slow.outcome != "ok"] {
+                        td { (slow.at) } td { (slow.task) } td { (slow.outcome) }
+                        td { (format!("{:.1}", slow.wait_ms)) } td { (format!("{:.1}", slow.run_ms)) }
+                        td { (trace_link(jaeger, slow.trace_id.as_deref())) }
+                    } } }
+                }
+            }
+        }
+    }
+}
+
+fn task_row(task: &TaskSnapshot) -> Markup {
+    let bad = task.dropped + task.failed + task.panicked + task.timed_out > 0;
+    let pair = |p: &Percentiles| format!("{} / {}", ms(p.p50), ms(p.p99));
+    html! {
+        tr.bad[bad] {
+            td { code { (task.name) } } td { (task.queued) } td { (task.running) } td { (task.spawned) }
+            td { (task.completed) } td { (task.failed) } td { (task.dropped) } td { (task.panicked) }
+            td { (task.timed_out) } td { (pair(&task.wait_ms)) }
+            td { (pair(&task.run_ms)) " / " (ms(task.run_ms.max)) }
+        }
+    }
+}
+
+fn trace_link(jaeger: &str, trace_id: Option<&str>) -> Markup {
+    html! {
+        @match trace_id {
+            Some(id) => a href=(format!("{}/trace/{}", jaeger.trim_end_matches('/'), id)) { code { (id.get(..16).unwrap_or(id)) "…" } },
+            None => span.muted { "–" },
+        }
+    }
+}
+
+/// Depth per second as an inline SVG polyline, scaled to the capacity.
+fn depth_chart(samples: &[u32], capacity: usize) -> Markup {
+    const WIDTH: f64 = 600.0;
+    const HEIGHT: f64 = 60.0;
+    let top = samples
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(1)
+        .min(u32::try_from(capacity).unwrap_or(u32::MAX)) as f64;
+    let step = if samples.len() > 1 {
+        WIDTH / (samples.len() - 1) as f64
+    } else {
+        WIDTH
+    };
+    let points: String = samples
+        .iter()
+        .enumerate()
+        .map(|(i, depth)| {
+            let y = HEIGHT - (f64::from(*depth).min(top) / top) * (HEIGHT - 2.0);
+            format!("{:.1},{:.1} ", i as f64 * step, y)
+        })
+        .collect();
+    let minutes = samples.len() as f64 / 60.0;
+    html! {
+        figure style="margin:.4em 0" {
+            svg width=(WIDTH) height=(HEIGHT) viewBox=(format!("0 0 {WIDTH} {HEIGHT}")) role="img"
+                aria-label="queue depth over the last minutes" {
+                polyline fill="none" stroke="#2e90fa" stroke-width="1.5" points=(points) {}
+            }
+            figcaption.muted { (format!("queue depth, last {minutes:.1} min (peak scale {top})")) }
+        }
+    }
+}

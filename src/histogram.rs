@@ -1,0 +1,208 @@
+//! A small log-linear histogram of durations, for the live percentiles of the
+//! snapshot (not for export: exported histograms go through OpenTelemetry).
+//!
+//! Values are microseconds. Below 16 µs every value has its own bucket; above
+//! that each power of two is split into 16 buckets, so a reported percentile is
+//! within 1/16 (6.25 %) of the true value. Values above 2^36 µs (about 19
+//! hours) land in the last bucket. Recording is a handful of integer
+//! operations and never allocates.
+
+use std::time::Duration;
+use tokio::time::Instant;
+
+const SUB_BUCKET_BITS: u32 = 4;
+const SUB_BUCKETS: usize = 1 << SUB_BUCKET_BITS;
+const MAX_EXPONENT: u32 = 36;
+const BUCKETS: usize = (MAX_EXPONENT as usize - SUB_BUCKET_BITS as usize + 2) * SUB_BUCKETS;
+
+/// How long one window lasts; percentiles cover the current and the previous
+/// window, so "recent" means the last one to two minutes.
+pub(crate) const WINDOW: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+struct Buckets {
+    counts: Box<[u32; BUCKETS]>,
+    total: u64,
+    max_micros: u64,
+}
+
+impl Buckets {
+    fn new() -> Self {
+        Buckets {
+            counts: Box::new([0; BUCKETS]),
+            total: 0,
+            max_micros: 0,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.counts.fill(0);
+        self.total = 0;
+        self.max_micros = 0;
+    }
+}
+
+fn bucket_index(micros: u64) -> usize {
+    if micros < SUB_BUCKETS as u64 {
+        return micros as usize;
+    }
+    let exponent = (63 - micros.leading_zeros()).min(MAX_EXPONENT);
+    let micros = micros.min((1u64 << (MAX_EXPONENT + 1)) - 1);
+    let shift = exponent - SUB_BUCKET_BITS;
+    let sub = ((micros >> shift) as usize) & (SUB_BUCKETS - 1);
+    (exponent - SUB_BUCKET_BITS + 1) as usize * SUB_BUCKETS + sub
+}
+
+/// The middle of a bucket's range, in microseconds.
+fn bucket_midpoint(index: usize) -> f64 {
+    if index < SUB_BUCKETS {
+        return index as f64;
+    }
+    let exponent = (index / SUB_BUCKETS) as u32 + SUB_BUCKET_BITS - 1;
+    let sub = (index % SUB_BUCKETS) as u64;
+    let shift = exponent - SUB_BUCKET_BITS;
+    let low = ((SUB_BUCKETS as u64) | sub) << shift;
+    let width = 1u64 << shift;
+    low as f64 + width as f64 / 2.0
+}
+
+/// Percentiles of the recent window, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct Percentiles {
+    /// Median, in milliseconds (`None` when nothing was recorded recently).
+    pub p50: Option<f64>,
+    /// 99th percentile, in milliseconds.
+    pub p99: Option<f64>,
+    /// Largest value, in milliseconds (exact, not bucketed).
+    pub max: Option<f64>,
+}
+
+/// Two rotating windows of [`Buckets`].
+#[derive(Clone)]
+pub(crate) struct RecentHistogram {
+    current: Buckets,
+    previous: Buckets,
+    window_started: Instant,
+}
+
+impl RecentHistogram {
+    pub(crate) fn new(now: Instant) -> Self {
+        RecentHistogram {
+            current: Buckets::new(),
+            previous: Buckets::new(),
+            window_started: now,
+        }
+    }
+
+    fn rotate(&mut self, now: Instant) {
+        let age = now.saturating_duration_since(self.window_started);
+        if age < WINDOW {
+            return;
+        }
+        if age >= 2 * WINDOW {
+            self.previous.clear();
+        } else {
+            std::mem::swap(&mut self.previous, &mut self.current);
+        }
+        self.current.clear();
+        self.window_started = now;
+    }
+
+    pub(crate) fn record(&mut self, value: Duration, now: Instant) {
+        self.rotate(now);
+        let micros = u64::try_from(value.as_micros()).unwrap_or(u64::MAX);
+        let bucket = &mut self.current.counts[bucket_index(micros)];
+        *bucket = bucket.saturating_add(1);
+        self.current.total += 1;
+        self.current.max_micros = self.current.max_micros.max(micros);
+    }
+
+    pub(crate) fn percentiles(&self, now: Instant) -> Percentiles {
+        let age = now.saturating_duration_since(self.window_started);
+        let windows: &[&Buckets] = if age >= 2 * WINDOW {
+            &[]
+        } else if age >= WINDOW {
+            &[&self.current]
+        } else {
+            &[&self.current, &self.previous]
+        };
+        let total: u64 = windows.iter().map(|w| w.total).sum();
+        if total == 0 {
+            return Percentiles::default();
+        }
+        let at_rank = |quantile: f64| {
+            // The smallest bucket whose cumulative count reaches the rank.
+            let rank = ((quantile * total as f64).ceil() as u64).max(1);
+            let mut seen = 0u64;
+            for index in 0..BUCKETS {
+                seen += windows
+                    .iter()
+                    .map(|w| u64::from(w.counts[index]))
+                    .sum::<u64>();
+                if seen >= rank {
+                    return bucket_midpoint(index);
+                }
+            }
+            bucket_midpoint(BUCKETS - 1)
+        };
+        let max_micros = windows.iter().map(|w| w.max_micros).max().unwrap_or(0) as f64;
+        let to_ms = |micros: f64| micros.min(max_micros) / 1000.0;
+        Percentiles {
+            p50: Some(to_ms(at_rank(0.50))),
+            p99: Some(to_ms(at_rank(0.99))),
+            max: Some(max_micros / 1000.0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_monotonic_and_within_precision() {
+        let mut last = 0;
+        for micros in (0..200_000u64).chain([1 << 30, (1 << 36) + 5, u64::MAX]) {
+            let index = bucket_index(micros);
+            assert!(index >= last, "index went down at {micros}");
+            assert!(index < BUCKETS);
+            last = index;
+            if (16..(1 << 36)).contains(&micros) {
+                let mid = bucket_midpoint(index);
+                let error = (mid - micros as f64).abs() / micros as f64;
+                assert!(error <= 1.0 / 16.0, "{micros} -> {mid}");
+            }
+        }
+    }
+
+    #[test]
+    fn percentiles_of_a_known_distribution() {
+        let start = Instant::now();
+        let mut histogram = RecentHistogram::new(start);
+        for ms in 1..=100u64 {
+            histogram.record(Duration::from_millis(ms), start);
+        }
+        let p = histogram.percentiles(start);
+        let p50 = p.p50.unwrap();
+        let p99 = p.p99.unwrap();
+        assert!((p50 - 50.0).abs() <= 50.0 / 16.0, "p50 {p50}");
+        assert!((p99 - 99.0).abs() <= 99.0 / 16.0, "p99 {p99}");
+        assert_eq!(p.max, Some(100.0));
+    }
+
+    #[test]
+    fn old_windows_age_out() {
+        let start = Instant::now();
+        let mut histogram = RecentHistogram::new(start);
+        histogram.record(Duration::from_millis(7), start);
+        assert_eq!(histogram.percentiles(start + WINDOW).max, Some(7.0));
+        assert_eq!(
+            histogram.percentiles(start + 2 * WINDOW),
+            Percentiles::default()
+        );
+        histogram.record(Duration::from_millis(3), start + WINDOW);
+        assert_eq!(histogram.percentiles(start + WINDOW).max, Some(7.0));
+        histogram.record(Duration::from_millis(1), start + 3 * WINDOW);
+        assert_eq!(histogram.percentiles(start + 3 * WINDOW).max, Some(1.0));
+    }
+}

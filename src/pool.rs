@@ -1,0 +1,895 @@
+//! The pool: a bounded queue and at most `parallelism` runner tasks, under one
+//! lock.
+//!
+//! # Design
+//!
+//! "Queued" and "running" live under the same mutex, with the queue itself.
+//! `spawn` pushes a task and, if fewer than `parallelism` runners exist,
+//! starts one; a runner pops tasks until the queue is empty, then exits. Since
+//! the check "is a runner coming for this task?" and the push happen under
+//! one guard, no wakeup can be lost (the failure of a separate semaphore plus
+//! channel). Runners are ordinary tokio tasks, so a producer spinning on one
+//! worker cannot hide them in its LIFO slot the way the seed's single drainer
+//! was hidden: all but the newest runner can be stolen by other workers.
+//!
+//! The lock is held for a few hundred nanoseconds at most: no await, no
+//! allocation except the task's box, no logging and no span work under it.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
+
+use opentelemetry::global::BoxedTracer;
+use opentelemetry::metrics::Meter;
+use opentelemetry::KeyValue;
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+use tracing::Instrument;
+
+use crate::report::ShutdownReport;
+use crate::stats::{
+    rfc3339, DepthHistory, DroppedTask, PoolSnapshot, Ring, SlowTask, Slowest, TaskStats,
+};
+use crate::task::{BoxTask, CatchPanic, Envelope, Outcome, RunEnd, TaskOutput};
+use crate::telemetry::{self, names, Propagation, TaskAttributes, Telemetry};
+use crate::{BuildError, DropReason, SpawnError};
+
+/// Default queue capacity (the seed's `CAPACITY`).
+pub const DEFAULT_CAPACITY: usize = 1024;
+/// Default number of tasks running at once (the seed's `PARALLELISM`).
+pub const DEFAULT_PARALLELISM: usize = 8;
+/// Largest accepted capacity (2^24 queued tasks).
+pub const MAX_CAPACITY: usize = 1 << 24;
+/// Default pool name.
+pub const DEFAULT_POOL_NAME: &str = "default";
+/// How often, at most, a pool logs its drop summary.
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// After the shutdown deadline, how long to wait for aborted runners to
+/// unwind before reporting them as still running.
+const ABORT_SETTLE: Duration = Duration::from_secs(1);
+
+/// Builds a pool. Every setting has a default; see each method.
+///
+/// Build the pool *after* the application installs its tracer and meter
+/// providers: the global meter and tracer are bound at build time (a pool
+/// built earlier records into no-op instruments forever). Or pass them with
+/// [`meter`](Self::meter) and [`tracer`](Self::tracer).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let pool = bg_queue::Builder::new("email")
+///     .capacity(256)
+///     .parallelism(4)
+///     .timeout(Duration::from_secs(30))
+///     .build()
+///     .expect("valid pool settings");
+/// pool.spawn("send_receipt_email", async { /* ... */ });
+/// # let _ = pool.shutdown(Duration::from_secs(1)).await;
+/// # }
+/// ```
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct Builder {
+    name: String,
+    capacity: usize,
+    parallelism: usize,
+    timeout: Option<Duration>,
+    propagation: Propagation,
+    meter: Option<Meter>,
+    tracer: Option<BoxedTracer>,
+    runtime: Option<Handle>,
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("name", &self.name)
+            .field("capacity", &self.capacity)
+            .field("parallelism", &self.parallelism)
+            .field("timeout", &self.timeout)
+            .field("propagation", &self.propagation)
+            .field("meter", &self.meter.is_some())
+            .field("tracer", &self.tracer.is_some())
+            .field("runtime", &self.runtime.is_some())
+            .finish()
+    }
+}
+
+impl Builder {
+    /// A builder for a pool called `name` (the `bg.pool.name` attribute).
+    pub fn new(name: impl Into<String>) -> Self {
+        Builder {
+            name: name.into(),
+            capacity: DEFAULT_CAPACITY,
+            parallelism: DEFAULT_PARALLELISM,
+            timeout: None,
+            propagation: Propagation::Child,
+            meter: None,
+            tracer: None,
+            runtime: None,
+        }
+    }
+
+    /// Most tasks that may wait for a runner; one more is dropped with
+    /// `queue_full`. Tasks already running do not count. Defaults to 1024.
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// Most tasks running at once. Defaults to 8.
+    pub fn parallelism(mut self, parallelism: usize) -> Self {
+        self.parallelism = parallelism;
+        self
+    }
+
+    /// Cancels a task that runs longer than `timeout` (outcome `timed_out`).
+    /// The wait in the queue does not count. Needs the runtime's time driver.
+    /// Defaults to no timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// How task spans relate to the caller's span. Defaults to
+    /// [`Propagation::Child`].
+    pub fn propagation(mut self, propagation: Propagation) -> Self {
+        self.propagation = propagation;
+        self
+    }
+
+    /// The meter for the pool's instruments. Defaults to the global meter
+    /// provider's `bg-queue` meter, read at build time.
+    pub fn meter(mut self, meter: Meter) -> Self {
+        self.meter = Some(meter);
+        self
+    }
+
+    /// The tracer for `bg.task` spans. Defaults to the global tracer
+    /// provider's `bg-queue` tracer, read at build time. Use the same
+    /// provider as your `tracing-opentelemetry` layer.
+    pub fn tracer<T>(mut self, tracer: T) -> Self
+    where
+        T: opentelemetry::trace::Tracer + Send + Sync + 'static,
+        T::Span: Send + Sync + 'static,
+    {
+        self.tracer = Some(BoxedTracer::new(Box::new(tracer)));
+        self
+    }
+
+    /// The runtime the runners are spawned on. Defaults to the runtime
+    /// current at build time.
+    pub fn runtime(mut self, handle: Handle) -> Self {
+        self.runtime = Some(handle);
+        self
+    }
+
+    fn validate(&self) -> Result<(), BuildError> {
+        let pool = self.name.clone();
+        if self.capacity == 0 {
+            return Err(BuildError::ZeroCapacity { pool });
+        }
+        if self.capacity > MAX_CAPACITY {
+            return Err(BuildError::CapacityTooLarge {
+                pool,
+                capacity: self.capacity,
+                max: MAX_CAPACITY,
+            });
+        }
+        if self.parallelism == 0 {
+            return Err(BuildError::ZeroParallelism { pool });
+        }
+        if self.timeout == Some(Duration::ZERO) {
+            return Err(BuildError::ZeroTimeout { pool });
+        }
+        Ok(())
+    }
+
+    /// Builds the pool.
+    ///
+    /// # Errors
+    ///
+    /// A [`BuildError`] naming the pool and the setting: zero capacity or
+    /// parallelism, capacity above [`MAX_CAPACITY`], a zero timeout, or no
+    /// runtime (outside one, with none given).
+    pub fn build(mut self) -> Result<BackgroundTx, BuildError> {
+        self.validate()?;
+        let runtime = match self.runtime.take() {
+            Some(handle) => handle,
+            None => Handle::try_current().map_err(|_| BuildError::NoRuntime {
+                pool: self.name.clone(),
+            })?,
+        };
+        Ok(self.build_with(Some(runtime)))
+    }
+
+    fn build_with(self, runtime: Option<Handle>) -> BackgroundTx {
+        let scope = || {
+            opentelemetry::InstrumentationScope::builder("bg-queue")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build()
+        };
+        let meter = self
+            .meter
+            .unwrap_or_else(|| opentelemetry::global::meter_with_scope(scope()));
+        let tracer = self
+            .tracer
+            .unwrap_or_else(|| opentelemetry::global::tracer_with_scope(scope()));
+        let now = Instant::now();
+        let name: Arc<str> = self.name.into();
+        let pool = Arc::new(Pool {
+            name_attribute: KeyValue::new(names::POOL_NAME, name.to_string()),
+            name,
+            capacity: self.capacity,
+            parallelism: self.parallelism,
+            timeout: self.timeout,
+            telemetry: Telemetry::new(self.propagation, tracer, &meter),
+            state: Mutex::new(State {
+                queue: VecDeque::with_capacity(self.capacity.min(DEFAULT_CAPACITY)),
+                tasks: Vec::new(),
+                runners: Vec::with_capacity(self.parallelism),
+                next_runner_id: 0,
+                running: 0,
+                phase: if runtime.is_some() {
+                    Phase::Open
+                } else {
+                    Phase::NoRuntime
+                },
+                recent_drops: Ring::new(),
+                slowest: Slowest::new(now),
+                depth_history: DepthHistory::new(now),
+                next_drop_log: now,
+            }),
+            runtime,
+            idle: Notify::new(),
+        });
+        telemetry::register_observers(&meter, Arc::downgrade(&pool));
+        BackgroundTx { pool }
+    }
+}
+
+/// Creates a pool with the seed's defaults (capacity 1024, parallelism 8),
+/// named `default`, on the current runtime.
+///
+/// A drop-in for the seed's `spawn_pool`. It never panics: called outside a
+/// tokio runtime it logs an error and returns a pool that drops every task
+/// with reason `no_runtime` (use [`Builder::build`] to get an error instead).
+pub fn spawn_pool() -> BackgroundTx {
+    let builder = Builder::new(DEFAULT_POOL_NAME);
+    match Handle::try_current() {
+        Ok(handle) => builder.build_with(Some(handle)),
+        Err(_) => {
+            tracing::error!(
+                target: "bg_queue",
+                "bg-queue spawn_pool() called outside a tokio runtime: every task will be dropped (no_runtime)"
+            );
+            builder.build_with(None)
+        }
+    }
+}
+
+/// Lifecycle of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Accepting tasks.
+    Open,
+    /// `shutdown` called: not accepting, runners drain the queue.
+    Draining,
+    /// The deadline passed: queued tasks were abandoned, runners aborted.
+    Aborting,
+    /// Shut down.
+    Closed,
+    /// No runtime (never had one, or it shut down under us).
+    NoRuntime,
+}
+
+struct RunnerSlot {
+    id: u64,
+    abort: Option<AbortHandle>,
+}
+
+pub(crate) struct State {
+    queue: VecDeque<Envelope>,
+    tasks: Vec<(Arc<TaskAttributes>, TaskStats)>,
+    runners: Vec<RunnerSlot>,
+    next_runner_id: u64,
+    running: usize,
+    phase: Phase,
+    recent_drops: Ring<DroppedTask>,
+    slowest: Slowest,
+    depth_history: DepthHistory,
+    next_drop_log: Instant,
+}
+
+impl State {
+    /// Index of `name` in the per-task table, adding it on first use.
+    fn task_index(&mut self, pool: &Arc<str>, name: &'static str, now: Instant) -> usize {
+        // Pointer comparison first: the same literal is almost always the
+        // same address, and it saves comparing bytes on the hot path.
+        if let Some(index) = self
+            .tasks
+            .iter()
+            .position(|(attrs, _)| std::ptr::eq(attrs.name, name) || attrs.name == name)
+        {
+            return index;
+        }
+        self.tasks.push((
+            Arc::new(TaskAttributes::new(pool, name)),
+            TaskStats::new(name, now),
+        ));
+        self.tasks.len() - 1
+    }
+
+    fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.running == 0 && self.runners.is_empty()
+    }
+
+    /// Takes every queued task out, counting it abandoned.
+    fn abandon_queued(&mut self) -> Vec<(&'static str, u64)> {
+        let mut abandoned: Vec<(&'static str, u64)> = Vec::new();
+        let now = Instant::now();
+        while let Some(envelope) = self.queue.pop_front() {
+            let (_, stats) = &mut self.tasks[envelope.task_index as usize];
+            stats.queued -= 1;
+            stats.abandoned += 1;
+            match abandoned.iter_mut().find(|(name, _)| *name == stats.name) {
+                Some((_, count)) => *count += 1,
+                None => abandoned.push((stats.name, 1)),
+            }
+        }
+        self.depth_history.record(0, now);
+        abandoned
+    }
+
+    /// Drops not yet mentioned in a log line, if a summary is due.
+    fn drop_summary_due(&mut self, now: Instant) -> Option<String> {
+        if now < self.next_drop_log {
+            return None;
+        }
+        self.next_drop_log = now + DROP_LOG_INTERVAL;
+        let mut parts = Vec::new();
+        for (_, stats) in &mut self.tasks {
+            let total = stats.dropped_total();
+            if total > stats.dropped_logged {
+                parts.push(format!("{}={}", stats.name, total - stats.dropped_logged));
+                stats.dropped_logged = total;
+            }
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+}
+
+/// The shared part of a pool.
+pub(crate) struct Pool {
+    name: Arc<str>,
+    name_attribute: KeyValue,
+    capacity: usize,
+    parallelism: usize,
+    timeout: Option<Duration>,
+    telemetry: Telemetry,
+    state: Mutex<State>,
+    runtime: Option<Handle>,
+    /// Notified when a runner exits (the pool may have become idle).
+    idle: Notify,
+}
+
+impl Pool {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic never happens while the lock is held (no user code runs
+        // under it), but if one did, the counters are still whole integers:
+        // keep going rather than poison every later caller.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub(crate) fn parallelism(&self) -> usize {
+        self.parallelism
+    }
+
+    pub(crate) fn name_attribute(&self) -> KeyValue {
+        self.name_attribute.clone()
+    }
+
+    pub(crate) fn for_each_task(&self, mut f: impl FnMut(&TaskAttributes, &TaskStats)) {
+        let state = self.lock();
+        for (attrs, stats) in &state.tasks {
+            f(attrs, stats);
+        }
+    }
+
+    pub(crate) fn oldest_queued_age(&self) -> Duration {
+        let state = self.lock();
+        state
+            .queue
+            .front()
+            .map(|oldest| oldest.enqueued_at.elapsed())
+            .unwrap_or(Duration::ZERO)
+    }
+
+    fn submit(
+        self: &Arc<Self>,
+        name: &'static str,
+        make_future: impl FnOnce() -> BoxTask,
+    ) -> Result<(), SpawnError> {
+        let parent = self.telemetry.capture_parent();
+        let now = Instant::now();
+        let mut state = self.lock();
+        let index = state.task_index(&self.name, name, now);
+        let refused = match state.phase {
+            Phase::Open if state.queue.len() >= self.capacity => Some(SpawnError::QueueFull),
+            Phase::Open => None,
+            Phase::Draining | Phase::Aborting | Phase::Closed => Some(SpawnError::Closed),
+            Phase::NoRuntime => Some(SpawnError::NoRuntime),
+        };
+        if let Some(error) = refused {
+            let reason = error.reason();
+            let depth = state.queue.len();
+            state.tasks[index].1.dropped[reason.index()] += 1;
+            let summary = state.drop_summary_due(now);
+            drop(state);
+            self.record_drop(name, reason, depth, &parent, summary);
+            return Err(error);
+        }
+        let depth = state.queue.len() + 1;
+        let stats = &mut state.tasks[index].1;
+        stats.spawned += 1;
+        stats.queued += 1;
+        state.queue.push_back(Envelope {
+            future: make_future(),
+            task_index: index as u32,
+            depth_at_enqueue: u32::try_from(depth).unwrap_or(u32::MAX),
+            enqueued_at: now,
+            parent,
+        });
+        state.depth_history.record(depth, now);
+        let runner = (state.runners.len() < self.parallelism).then(|| {
+            let id = state.next_runner_id;
+            state.next_runner_id += 1;
+            state.runners.push(RunnerSlot { id, abort: None });
+            id
+        });
+        drop(state);
+        if let Some(id) = runner {
+            self.start_runner(id);
+        }
+        Ok(())
+    }
+
+    /// Off the lock: the drop span, the ring entry and the log summary.
+    fn record_drop(
+        &self,
+        name: &'static str,
+        reason: DropReason,
+        depth: usize,
+        parent: &opentelemetry::Context,
+        summary: Option<String>,
+    ) {
+        let trace_id = self
+            .telemetry
+            .drop_span(&self.name, name, parent, reason, depth);
+        let entry = DroppedTask {
+            at: rfc3339(SystemTime::now()),
+            task: name,
+            reason: reason.as_str(),
+            trace_id,
+        };
+        self.lock().recent_drops.push(entry);
+        if let Some(summary) = summary {
+            tracing::warn!(
+                target: "bg_queue",
+                pool = %self.name,
+                last_reason = reason.as_str(),
+                "background tasks dropped since the last summary: {summary}"
+            );
+        }
+    }
+
+    fn start_runner(self: &Arc<Self>, id: u64) {
+        let Some(runtime) = &self.runtime else {
+            // Unreachable: a pool without a runtime refuses every task.
+            return;
+        };
+        // The guard is created outside the async block so that it runs even
+        // if the runtime drops the future without polling it (shut down).
+        let guard = RunnerGuard {
+            pool: Arc::clone(self),
+            id,
+            current: None,
+            finished: false,
+        };
+        let handle = runtime.spawn(run_loop(guard));
+        let mut state = self.lock();
+        if let Some(slot) = state.runners.iter_mut().find(|slot| slot.id == id) {
+            slot.abort = Some(handle.abort_handle());
+        }
+    }
+
+    fn snapshot(&self) -> PoolSnapshot {
+        let now = Instant::now();
+        let state = self.lock();
+        let tasks: Vec<_> = state
+            .tasks
+            .iter()
+            .map(|(_, stats)| stats.snapshot(now))
+            .collect();
+        let sum = |field: fn(&crate::stats::TaskSnapshot) -> u64| tasks.iter().map(field).sum();
+        let mut dropped_by_reason = [0u64; 4];
+        for (_, stats) in &state.tasks {
+            for (total, count) in dropped_by_reason.iter_mut().zip(stats.dropped) {
+                *total += count;
+            }
+        }
+        PoolSnapshot {
+            name: self.name.to_string(),
+            capacity: self.capacity,
+            parallelism: self.parallelism,
+            queued: sum(|t| t.queued),
+            running: sum(|t| t.running),
+            oldest_queued_seconds: state
+                .queue
+                .front()
+                .map(|oldest| {
+                    now.saturating_duration_since(oldest.enqueued_at)
+                        .as_secs_f64()
+                })
+                .unwrap_or(0.0),
+            spawned: sum(|t| t.spawned),
+            completed: sum(|t| t.completed),
+            failed: sum(|t| t.failed),
+            dropped: dropped_by_reason.iter().sum(),
+            dropped_by_reason: dropped_by_reason.into(),
+            panicked: sum(|t| t.panicked),
+            timed_out: sum(|t| t.timed_out),
+            abandoned: sum(|t| t.abandoned),
+            accepting: state.phase == Phase::Open,
+            recent_drops: state.recent_drops.to_vec(),
+            slowest: state.slowest.to_vec(),
+            depth_history: state.depth_history.samples(now),
+            tasks,
+        }
+    }
+}
+
+/// The task a runner is running, with what its end needs.
+struct Current {
+    task_index: usize,
+    attrs: Arc<TaskAttributes>,
+    spans: Option<telemetry::TaskSpans>,
+    started: Instant,
+}
+
+/// Owned by each runner. On a normal exit it is disarmed; if the runner is
+/// dropped instead (aborted at the shutdown deadline, or its runtime shut
+/// down), its drop accounts for the task it was running.
+struct RunnerGuard {
+    pool: Arc<Pool>,
+    id: u64,
+    current: Option<Current>,
+    finished: bool,
+}
+
+impl Drop for RunnerGuard {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let pool = Arc::clone(&self.pool);
+        let current = self.current.take();
+        let mut state = pool.lock();
+        state.runners.retain(|slot| slot.id != self.id);
+        let mut abandoned_names = Vec::new();
+        if let Some(current) = &current {
+            state.running -= 1;
+            let stats = &mut state.tasks[current.task_index].1;
+            stats.running -= 1;
+            stats.abandoned += 1;
+            abandoned_names.push((stats.name, 1));
+        }
+        // Dropped without a shutdown deadline: the runtime is going away, and
+        // nothing will run what is queued. Say so rather than lose it.
+        let runtime_gone = matches!(state.phase, Phase::Open | Phase::Draining);
+        if runtime_gone {
+            state.phase = Phase::NoRuntime;
+            abandoned_names.extend(state.abandon_queued());
+        }
+        drop(state);
+        pool.idle.notify_waiters();
+        if let Some(current) = current {
+            let run_time = current.started.elapsed();
+            pool.telemetry
+                .record_duration(&current.attrs, Outcome::Abandoned, run_time);
+            if let Some(spans) = current.spans {
+                Telemetry::finish_spans(spans, Outcome::Abandoned, None);
+            }
+        }
+        if runtime_gone && !abandoned_names.is_empty() {
+            tracing::error!(
+                target: "bg_queue",
+                pool = %pool.name,
+                "runtime shut down under the background pool; abandoned tasks: {}",
+                format_counts(&abandoned_names)
+            );
+        }
+    }
+}
+
+pub(crate) fn format_counts(counts: &[(&'static str, u64)]) -> String {
+    counts
+        .iter()
+        .map(|(name, count)| format!("{name}={count}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn run_loop(mut guard: RunnerGuard) {
+    let pool = Arc::clone(&guard.pool);
+    let mut previous: Option<(usize, Outcome, Duration, Duration, Option<String>)> = None;
+    loop {
+        // One lock per task: record the previous task's end, pop the next.
+        let next = {
+            let mut state = pool.lock();
+            let now = Instant::now();
+            if let Some((index, outcome, wait, run, trace_id)) = previous.take() {
+                state.running -= 1;
+                let stats = &mut state.tasks[index].1;
+                stats.running -= 1;
+                stats.record_end(outcome);
+                stats.run.record(run, now);
+                stats.wait.record(wait, now);
+                let run_ms = run.as_secs_f64() * 1000.0;
+                if state.slowest.qualifies(run_ms) {
+                    let entry = SlowTask {
+                        at: rfc3339(SystemTime::now()),
+                        task: state.tasks[index].1.name,
+                        outcome: outcome.as_str(),
+                        wait_ms: wait.as_secs_f64() * 1000.0,
+                        run_ms,
+                        trace_id,
+                    };
+                    state.slowest.record(entry, now);
+                }
+            }
+            match state.queue.pop_front() {
+                Some(envelope) => {
+                    state.running += 1;
+                    let depth = state.queue.len();
+                    state.depth_history.record(depth, now);
+                    let index = envelope.task_index as usize;
+                    let (attrs, stats) = &mut state.tasks[index];
+                    stats.queued -= 1;
+                    stats.running += 1;
+                    Some((envelope, Arc::clone(attrs), now))
+                }
+                None => {
+                    state.runners.retain(|slot| slot.id != guard.id);
+                    guard.finished = true;
+                    None
+                }
+            }
+        };
+        let Some((envelope, attrs, started)) = next else {
+            pool.idle.notify_waiters();
+            return;
+        };
+        let task_index = envelope.task_index as usize;
+        let wait = started.saturating_duration_since(envelope.enqueued_at);
+        pool.telemetry.record_wait(&attrs, wait);
+        let spans = pool.telemetry.start_spans(
+            &pool.name,
+            &attrs,
+            envelope.parent,
+            wait,
+            envelope.depth_at_enqueue,
+        );
+        let run_span = spans.run_span();
+        guard.current = Some(Current {
+            task_index,
+            attrs,
+            spans: Some(spans),
+            started,
+        });
+
+        let future = CatchPanic::new(envelope.future).instrument(run_span);
+        let end = match pool.timeout {
+            Some(limit) => match tokio::time::timeout(limit, future).await {
+                Ok(result) => RunEnd::from_result(result),
+                Err(_elapsed) => RunEnd::TimedOut,
+            },
+            None => RunEnd::from_result(future.await),
+        };
+        let run = started.elapsed();
+        let current = guard.current.take().expect("set before the run");
+        let outcome = end.outcome();
+        pool.telemetry.record_duration(&current.attrs, outcome, run);
+        let trace_id = current.spans.as_ref().and_then(|spans| spans.trace_id());
+        if let Some(spans) = current.spans {
+            Telemetry::finish_spans(spans, outcome, Some(&end));
+        }
+        previous = Some((task_index, outcome, wait, run, trace_id));
+    }
+}
+
+/// The handle to a pool: cheap to clone, `Send + Sync`, never blocks.
+///
+/// Tasks are fire-and-forget: `spawn` returns at once, whatever the pool's
+/// state. At most `parallelism` tasks run at once and at most `capacity` wait;
+/// past that a task is dropped and counted (never silently: see
+/// [`snapshot`](Self::snapshot), the `bg.task.dropped` metric and the drop
+/// span). Dropping every handle does not stop the pool: call
+/// [`shutdown`](Self::shutdown) to drain it.
+///
+/// Compared with `tokio::spawn`, the pool bounds memory and concurrency and
+/// makes every task visible; compared with the seed's channel-and-semaphore
+/// module, it keeps its promises (never blocks, never panics) and adds panic
+/// isolation, timeouts, honest capacity, a drain at shutdown and telemetry.
+#[derive(Clone)]
+#[must_use = "a pool handle does nothing unless tasks are spawned on it"]
+pub struct BackgroundTx {
+    pool: Arc<Pool>,
+}
+
+impl fmt::Debug for BackgroundTx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackgroundTx")
+            .field("name", &self.pool.name)
+            .field("capacity", &self.pool.capacity)
+            .field("parallelism", &self.pool.parallelism)
+            .field("timeout", &self.pool.timeout)
+            .field("telemetry", &self.pool.telemetry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BackgroundTx {
+    /// Submits a fire-and-forget task. Never blocks; never panics, from a
+    /// runtime task or from a plain thread.
+    ///
+    /// If the task cannot be accepted it is dropped and counted (reason
+    /// `queue_full`, `closed` or `no_runtime`); drops are logged as a
+    /// rate-limited summary per pool, not one line per task. Use
+    /// [`try_spawn`](Self::try_spawn) to learn the outcome.
+    ///
+    /// `fut` may return `()` or `Result<(), E>` with `E: Display`: an `Err`
+    /// is counted as `failed` (see [`TaskOutput`]).
+    pub fn spawn<F>(&self, name: &'static str, fut: F)
+    where
+        F: Future + Send + 'static,
+        F::Output: TaskOutput,
+    {
+        let _ = self.try_spawn(name, fut);
+    }
+
+    /// Like [`spawn`](Self::spawn), but says whether the task was accepted.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::QueueFull`], [`SpawnError::Closed`] or
+    /// [`SpawnError::NoRuntime`]; the task is dropped and counted either way.
+    pub fn try_spawn<F>(&self, name: &'static str, fut: F) -> Result<(), SpawnError>
+    where
+        F: Future + Send + 'static,
+        F::Output: TaskOutput,
+    {
+        self.pool.submit(name, move || {
+            Box::pin(async move { fut.await.into_result() })
+        })
+    }
+
+    /// A consistent view of the pool: depth, counters, percentiles, recent
+    /// drops and slowest runs.
+    pub fn snapshot(&self) -> PoolSnapshot {
+        self.pool.snapshot()
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        &self.pool.name
+    }
+
+    /// Stops accepting tasks, lets queued and running tasks finish within
+    /// `grace`, then abandons the rest: queued tasks are discarded and
+    /// running ones aborted (each counted `abandoned` and named in the
+    /// report and a log line).
+    ///
+    /// Tasks spawned after this call are dropped with reason `closed`.
+    /// Calling it again waits again and returns a fresh report.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancelling the returned future leaves the pool closed to new tasks,
+    /// with its queue still draining; nothing is abandoned.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + grace;
+        {
+            let mut state = self.pool.lock();
+            if state.phase == Phase::Open {
+                state.phase = Phase::Draining;
+            }
+        }
+        let drained = self.wait_idle(Some(deadline)).await;
+        if !drained {
+            let (aborts, abandoned): (Vec<AbortHandle>, _) = {
+                let mut state = self.pool.lock();
+                if matches!(state.phase, Phase::Draining | Phase::Open) {
+                    state.phase = Phase::Aborting;
+                }
+                let abandoned = state.abandon_queued();
+                let aborts = state
+                    .runners
+                    .iter_mut()
+                    .filter_map(|slot| slot.abort.take())
+                    .collect();
+                (aborts, abandoned)
+            };
+            if !abandoned.is_empty() {
+                tracing::warn!(
+                    target: "bg_queue",
+                    pool = %self.pool.name,
+                    "shutdown deadline reached; abandoned queued tasks: {}",
+                    format_counts(&abandoned)
+                );
+            }
+            for abort in &aborts {
+                abort.abort();
+            }
+            let settle = tokio::time::Instant::now() + ABORT_SETTLE;
+            self.wait_idle(Some(settle)).await;
+        }
+        let snapshot = {
+            let mut state = self.pool.lock();
+            if state.phase != Phase::NoRuntime {
+                state.phase = Phase::Closed;
+            }
+            drop(state);
+            self.pool.snapshot()
+        };
+        let report = ShutdownReport::from_snapshot(snapshot, drained, started.elapsed());
+        report.log();
+        report
+    }
+
+    /// Waits until nothing is queued or running (or the deadline passes);
+    /// returns whether the pool is idle.
+    async fn wait_idle(&self, deadline: Option<tokio::time::Instant>) -> bool {
+        loop {
+            let notified = self.pool.idle.notified();
+            tokio::pin!(notified);
+            // Register before checking, so an exit between the check and
+            // the await still wakes us.
+            notified.as_mut().enable();
+            if self.pool.lock().is_idle() {
+                return true;
+            }
+            match deadline {
+                Some(deadline) => {
+                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        return self.pool.lock().is_idle();
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// Waits until the queue is empty and nothing runs. Handy in tests and
+    /// before a planned pause; it does not stop new tasks from arriving.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only observes the pool.
+    pub async fn idle(&self) {
+        self.wait_idle(None).await;
+    }
+}

@@ -1,0 +1,213 @@
+//! The task envelope: what a queued task carries, what it can return, and how
+//! its end is classified.
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::time::Instant;
+
+/// A boxed task future, already mapped to the crate's own error type.
+pub(crate) type BoxTask = Pin<Box<dyn Future<Output = Result<(), TaskError>> + Send + 'static>>;
+
+/// What a task future may return: `()` (always `ok`) or `Result<(), E>` with
+/// `E: Display` (`Err` is outcome `failed`).
+///
+/// This trait is what lets [`BackgroundTx::spawn`](crate::BackgroundTx::spawn)
+/// keep the seed's `Future<Output = ()>` signature while also accepting
+/// fallible futures. It is sealed in spirit: implement it only if your output
+/// type really has an "ok" and a "failed" reading.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let tx = bg_queue::spawn_pool();
+/// // Infallible, exactly like the seed:
+/// tx.spawn("ping", async {});
+/// // Fallible: an `Err` is counted as `failed`, with its text on the span.
+/// tx.spawn("send_email", async { Err::<(), _>("smtp refused: 550") });
+/// # let _ = tx.shutdown(std::time::Duration::from_secs(1)).await;
+/// # }
+/// ```
+pub trait TaskOutput: Send + 'static {
+    /// Converts the output into `Ok(())` or the task's error.
+    fn into_result(self) -> Result<(), TaskError>;
+}
+
+impl TaskOutput for () {
+    fn into_result(self) -> Result<(), TaskError> {
+        Ok(())
+    }
+}
+
+impl<E> TaskOutput for Result<(), E>
+where
+    E: fmt::Display + Send + 'static,
+{
+    fn into_result(self) -> Result<(), TaskError> {
+        self.map_err(|error| TaskError {
+            message: error.to_string(),
+            type_name: std::any::type_name::<E>(),
+        })
+    }
+}
+
+/// The error a fallible task returned, as recorded on its spans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskError {
+    /// The error's `Display` text (the span's status message).
+    pub message: String,
+    /// The error's type name (the span's `error.type`).
+    pub type_name: &'static str,
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// How a task ended. The string forms are the values of the
+/// `bg.task.outcome` attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The future completed (returned `()` or `Ok(())`).
+    Ok,
+    /// The future returned `Err`.
+    Failed,
+    /// The future panicked; the panic was caught and the runner went on.
+    Panicked,
+    /// The future ran longer than the pool's per-task timeout and was dropped.
+    TimedOut,
+    /// The task was never accepted (see [`DropReason`](crate::DropReason)).
+    Dropped,
+    /// The task was accepted but cancelled, queued or running, at the
+    /// shutdown deadline (or when its runtime shut down).
+    Abandoned,
+}
+
+impl Outcome {
+    /// The attribute value, e.g. `"timed_out"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::Panicked => "panicked",
+            Outcome::TimedOut => "timed_out",
+            Outcome::Dropped => "dropped",
+            Outcome::Abandoned => "abandoned",
+        }
+    }
+
+    /// Outcomes a finished runner can record (everything but dropped and
+    /// abandoned), in a fixed order used to index per-outcome tables.
+    pub(crate) const RUN_OUTCOMES: [Outcome; 4] = [
+        Outcome::Ok,
+        Outcome::Failed,
+        Outcome::Panicked,
+        Outcome::TimedOut,
+    ];
+
+    /// Index into [`Outcome::RUN_OUTCOMES`]-ordered tables.
+    pub(crate) fn run_index(self) -> usize {
+        match self {
+            Outcome::Ok => 0,
+            Outcome::Failed => 1,
+            Outcome::Panicked => 2,
+            Outcome::TimedOut => 3,
+            Outcome::Dropped | Outcome::Abandoned => 0,
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A queued task: the future plus what its telemetry needs later, so the
+/// caller of `spawn` pays only for capturing, never for building spans.
+pub(crate) struct Envelope {
+    pub(crate) future: BoxTask,
+    /// Index of the task name in the pool's per-name table.
+    pub(crate) task_index: u32,
+    /// Queue depth seen at enqueue (after this task was added).
+    pub(crate) depth_at_enqueue: u32,
+    pub(crate) enqueued_at: Instant,
+    /// The caller's OpenTelemetry context, captured in `spawn` (empty when
+    /// propagation is off or no span was active).
+    pub(crate) parent: opentelemetry::Context,
+}
+
+/// What ended a run, before it becomes an [`Outcome`] with details.
+pub(crate) enum RunEnd {
+    Ok,
+    Failed(TaskError),
+    Panicked(String),
+    TimedOut,
+}
+
+impl RunEnd {
+    /// From what [`CatchPanic`] yields for a task future.
+    pub(crate) fn from_result(result: Result<Result<(), TaskError>, String>) -> Self {
+        match result {
+            Ok(Ok(())) => RunEnd::Ok,
+            Ok(Err(error)) => RunEnd::Failed(error),
+            Err(panic) => RunEnd::Panicked(panic),
+        }
+    }
+
+    pub(crate) fn outcome(&self) -> Outcome {
+        match self {
+            RunEnd::Ok => Outcome::Ok,
+            RunEnd::Failed(_) => Outcome::Failed,
+            RunEnd::Panicked(_) => Outcome::Panicked,
+            RunEnd::TimedOut => Outcome::TimedOut,
+        }
+    }
+}
+
+/// Polls the inner future, turning a panic in `poll` into `Err(message)`.
+///
+/// The future is not polled again after a panic: it is dropped with the
+/// wrapper, which is the only sound thing to do with a future whose state may
+/// be half-updated.
+pub(crate) struct CatchPanic<F: ?Sized> {
+    inner: Pin<Box<F>>,
+}
+
+impl<F: ?Sized> CatchPanic<F> {
+    pub(crate) fn new(inner: Pin<Box<F>>) -> Self {
+        CatchPanic { inner }
+    }
+}
+
+impl<F: Future + ?Sized> Future for CatchPanic<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.inner.as_mut();
+        // AssertUnwindSafe: after a panic the future is never polled again
+        // (the runner drops it), so no broken invariant can be observed.
+        match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(payload) => Poll::Ready(Err(panic_message(payload.as_ref()))),
+        }
+    }
+}
+
+/// The text of a panic payload (`&str` or `String`), or a placeholder.
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&'static str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}

@@ -1,0 +1,553 @@
+//! Spans and OpenTelemetry instruments: the one table that names them, and
+//! the code that records them.
+//!
+//! # When each piece runs
+//!
+//! - In `spawn` (the caller's path): the caller's OpenTelemetry context is
+//!   captured (a thread-local read); nothing is built. A dropped task gets its
+//!   `bg.task` span here, started and ended at once.
+//! - When a runner picks the task up: the `bg.run` tracing span is created
+//!   and, if a subscriber enabled it, the `bg.task` span is started with its
+//!   start time set back to the enqueue instant; the wait is recorded.
+//! - When the task ends: outcome and status are set, `bg.run` then `bg.task`
+//!   end, the run time is recorded.
+//! - At each metric collection: the observable instruments read the pool's
+//!   counters under its lock (no hot-path cost at all).
+//!
+//! `bg.run` goes through `tracing`, so the user's own spans nest under it with
+//! any subscriber. `bg.task` is started through the OpenTelemetry tracer the
+//! pool was built with, because only that API can set a start time in the
+//! past; `bg.run` is parented to it through `tracing-opentelemetry`'s
+//! `set_parent`, so the exported tree is caller -> `bg.task` -> `bg.run` ->
+//! user spans. Spans are recorded only when the current `tracing` subscriber
+//! enables INFO for target `bg_queue`.
+
+use std::borrow::Cow;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use opentelemetry::global::BoxedTracer;
+use opentelemetry::metrics::{Histogram, Meter};
+use opentelemetry::trace::{Span as _, Status, TraceContextExt, Tracer as _};
+use opentelemetry::{Context, KeyValue};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::pool::Pool;
+use crate::task::{Outcome, RunEnd};
+use crate::DropReason;
+
+/// Span, attribute and metric names: the contract dashboards and alerts read.
+pub mod names {
+    /// Span covering a task from `spawn` to its end (display name `bg <task>`).
+    pub const SPAN_TASK: &str = "bg.task";
+    /// Span covering a task's execution (display name `run <task>`).
+    pub const SPAN_RUN: &str = "bg.run";
+    /// Attribute: the pool's name.
+    pub const POOL_NAME: &str = "bg.pool.name";
+    /// Attribute: the task name given to `spawn`.
+    pub const TASK_NAME: &str = "bg.task.name";
+    /// Attribute: how the task ended (`ok`, `failed`, ...).
+    pub const TASK_OUTCOME: &str = "bg.task.outcome";
+    /// Attribute: why a task was dropped (`queue_full`, ...).
+    pub const DROP_REASON: &str = "bg.drop.reason";
+    /// Attribute: milliseconds between `spawn` and the start of the run.
+    pub const TASK_WAIT_MS: &str = "bg.task.wait_ms";
+    /// Attribute: queue depth seen at enqueue.
+    pub const QUEUE_DEPTH: &str = "bg.queue.depth";
+    /// Attribute: the error's type on non-ok outcomes.
+    pub const ERROR_TYPE: &str = "error.type";
+}
+
+/// The kind of an OpenTelemetry instrument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstrumentKind {
+    /// Monotonic sum (exported as a Prometheus counter, `_total`).
+    Counter,
+    /// Non-monotonic sum.
+    UpDownCounter,
+    /// Last value.
+    Gauge,
+    /// Distribution with explicit buckets.
+    Histogram,
+}
+
+/// One metric the crate exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricDefinition {
+    /// OpenTelemetry instrument name.
+    pub name: &'static str,
+    /// Instrument kind.
+    pub kind: InstrumentKind,
+    /// UCUM unit.
+    pub unit: &'static str,
+    /// Attribute keys on every data point.
+    pub attributes: &'static [&'static str],
+    /// One-line meaning, also the instrument's description.
+    pub description: &'static str,
+}
+
+const POOL: &[&str] = &[names::POOL_NAME];
+const POOL_TASK: &[&str] = &[names::POOL_NAME, names::TASK_NAME];
+
+/// Every metric the crate exports. The README and `DESIGN.md` mirror this
+/// table; a test fails when the exported metrics and this table disagree.
+pub const METRICS: [MetricDefinition; 9] = [
+    MetricDefinition {
+        name: "bg.task.spawned",
+        kind: InstrumentKind::Counter,
+        unit: "{task}",
+        attributes: POOL_TASK,
+        description: "Tasks accepted by spawn (recorded at the spawn call).",
+    },
+    MetricDefinition {
+        name: "bg.task.dropped",
+        kind: InstrumentKind::Counter,
+        unit: "{task}",
+        attributes: &[names::POOL_NAME, names::TASK_NAME, names::DROP_REASON],
+        description: "Tasks not accepted, by reason (recorded at the spawn call).",
+    },
+    MetricDefinition {
+        name: "bg.task.wait",
+        kind: InstrumentKind::Histogram,
+        unit: "s",
+        attributes: POOL_TASK,
+        description: "Time from spawn to the start of the run (recorded when the run starts).",
+    },
+    MetricDefinition {
+        name: "bg.task.duration",
+        kind: InstrumentKind::Histogram,
+        unit: "s",
+        attributes: &[names::POOL_NAME, names::TASK_NAME, names::TASK_OUTCOME],
+        description: "Run time, by outcome (recorded when the run ends; abandoned runs included).",
+    },
+    MetricDefinition {
+        name: "bg.queue.depth",
+        kind: InstrumentKind::UpDownCounter,
+        unit: "{task}",
+        attributes: POOL_TASK,
+        description: "Tasks accepted and waiting for a runner (read at collection).",
+    },
+    MetricDefinition {
+        name: "bg.task.active",
+        kind: InstrumentKind::UpDownCounter,
+        unit: "{task}",
+        attributes: POOL_TASK,
+        description: "Tasks running now (read at collection).",
+    },
+    MetricDefinition {
+        name: "bg.queue.capacity",
+        kind: InstrumentKind::Gauge,
+        unit: "{task}",
+        attributes: POOL,
+        description: "Most tasks that may wait in the queue (configuration).",
+    },
+    MetricDefinition {
+        name: "bg.pool.parallelism",
+        kind: InstrumentKind::Gauge,
+        unit: "{task}",
+        attributes: POOL,
+        description: "Most tasks that run at once (configuration).",
+    },
+    MetricDefinition {
+        name: "bg.queue.oldest_age",
+        kind: InstrumentKind::Gauge,
+        unit: "s",
+        attributes: POOL,
+        description:
+            "Age of the oldest queued task, 0 when the queue is empty (read at collection).",
+    },
+];
+
+/// Explicit histogram buckets, in seconds: 0.5 ms to 120 s.
+pub const DURATION_BUCKETS_SECONDS: [f64; 17] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0,
+];
+
+fn definition(name: &str) -> &'static MetricDefinition {
+    METRICS
+        .iter()
+        .find(|metric| metric.name == name)
+        .expect("every instrument is in METRICS")
+}
+
+/// How a task's spans relate to the span that was current at `spawn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Propagation {
+    /// `bg.task` is a child of the caller's span, in the caller's trace.
+    /// Right for work that belongs to the request (a receipt email): the
+    /// trace shows the request and its background work together. Default.
+    #[default]
+    Child,
+    /// `bg.task` stays in the caller's trace (so drops and the wait show
+    /// there), but `bg.run` starts a new trace with a link to the caller's
+    /// span. Right for work that runs long after the request, or fans out
+    /// into many spans that would bloat the request's trace (the
+    /// OpenTelemetry messaging conventions' default).
+    Link,
+    /// No relation: each task is its own trace. Right for periodic or
+    /// internal work that has no meaningful caller.
+    None,
+}
+
+/// Per task name: attribute sets and span names, built once when the name is
+/// first used, so the hot paths never allocate them.
+pub(crate) struct TaskAttributes {
+    pub(crate) name: &'static str,
+    task_span_name: &'static str,
+    run_span_name: &'static str,
+    pool_task: Vec<KeyValue>,
+    by_outcome: Vec<Vec<KeyValue>>,
+}
+
+impl TaskAttributes {
+    pub(crate) fn new(pool: &Arc<str>, name: &'static str) -> Self {
+        let pool_task = vec![
+            KeyValue::new(names::POOL_NAME, pool.to_string()),
+            KeyValue::new(names::TASK_NAME, name),
+        ];
+        let by_outcome = Outcome::RUN_OUTCOMES
+            .iter()
+            .chain(&[Outcome::Abandoned])
+            .map(|outcome| {
+                let mut set = pool_task.clone();
+                set.push(KeyValue::new(names::TASK_OUTCOME, outcome.as_str()));
+                set
+            })
+            .collect();
+        // Leaked once per (pool, task name): names are `&'static str`, so
+        // their number is bounded by the program's text.
+        TaskAttributes {
+            name,
+            task_span_name: Box::leak(format!("bg {name}").into_boxed_str()),
+            run_span_name: Box::leak(format!("run {name}").into_boxed_str()),
+            pool_task,
+            by_outcome,
+        }
+    }
+
+    fn outcome_set(&self, outcome: Outcome) -> &[KeyValue] {
+        let index = match outcome {
+            Outcome::Abandoned => 4,
+            other => other.run_index(),
+        };
+        &self.by_outcome[index]
+    }
+}
+
+/// The spans of one running task.
+pub(crate) struct TaskSpans {
+    run: tracing::Span,
+    /// Context holding the `bg.task` span (None when spans are off).
+    task: Option<Context>,
+}
+
+impl TaskSpans {
+    /// The span the task's future runs in.
+    pub(crate) fn run_span(&self) -> tracing::Span {
+        self.run.clone()
+    }
+
+    /// Trace id of `bg.task`, for the "slowest" list.
+    pub(crate) fn trace_id(&self) -> Option<String> {
+        self.task.as_ref().and_then(trace_id_of)
+    }
+}
+
+fn trace_id_of(cx: &Context) -> Option<String> {
+    let span = cx.span();
+    let span_context = span.span_context();
+    span_context
+        .is_valid()
+        .then(|| format!("{:032x}", span_context.trace_id()))
+}
+
+/// The pool's tracer and sync instruments.
+pub(crate) struct Telemetry {
+    pub(crate) propagation: Propagation,
+    tracer: BoxedTracer,
+    wait: Histogram<f64>,
+    duration: Histogram<f64>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("propagation", &self.propagation)
+            .finish_non_exhaustive()
+    }
+}
+
+fn histogram(meter: &Meter, name: &str) -> Histogram<f64> {
+    let def = definition(name);
+    meter
+        .f64_histogram(def.name)
+        .with_unit(def.unit)
+        .with_description(def.description)
+        .with_boundaries(DURATION_BUCKETS_SECONDS.to_vec())
+        .build()
+}
+
+impl Telemetry {
+    pub(crate) fn new(propagation: Propagation, tracer: BoxedTracer, meter: &Meter) -> Self {
+        Telemetry {
+            propagation,
+            tracer,
+            wait: histogram(meter, "bg.task.wait"),
+            duration: histogram(meter, "bg.task.duration"),
+        }
+    }
+
+    /// The caller's context, captured in `spawn`: a thread-local read when
+    /// a subscriber with context activation entered the caller's span.
+    pub(crate) fn capture_parent(&self) -> Context {
+        if self.propagation == Propagation::None || !tracing::dispatcher::has_been_set() {
+            return Context::new();
+        }
+        let current = Context::current();
+        if current.has_active_span() {
+            return current;
+        }
+        // Subscribers built without context activation: ask the span.
+        let span = tracing::Span::current();
+        if span.is_none() {
+            current
+        } else {
+            span.context()
+        }
+    }
+
+    /// Starts `bg.task` (backdated to the enqueue instant) and `bg.run`.
+    pub(crate) fn start_spans(
+        &self,
+        pool: &str,
+        attrs: &TaskAttributes,
+        parent: Context,
+        wait: Duration,
+        depth: u32,
+    ) -> TaskSpans {
+        let wait_ms = wait.as_secs_f64() * 1000.0;
+        let run = tracing::info_span!(
+            target: "bg_queue",
+            parent: None,
+            "bg.run",
+            otel.name = attrs.run_span_name,
+            bg.pool.name = pool,
+            bg.task.name = attrs.name,
+            bg.task.wait_ms = wait_ms,
+            bg.task.outcome = tracing::field::Empty,
+        );
+        if run.is_disabled() {
+            return TaskSpans { run, task: None };
+        }
+        let parent = match self.propagation {
+            Propagation::None => Context::new(),
+            Propagation::Child | Propagation::Link => parent,
+        };
+        let start = SystemTime::now()
+            .checked_sub(wait)
+            .unwrap_or_else(SystemTime::now);
+        let mut attributes = attrs.pool_task.clone();
+        attributes.push(KeyValue::new(names::TASK_WAIT_MS, wait_ms));
+        attributes.push(KeyValue::new(names::QUEUE_DEPTH, i64::from(depth)));
+        let task_span = self
+            .tracer
+            .span_builder(Cow::Borrowed(attrs.task_span_name))
+            .with_start_time(start)
+            .with_attributes(attributes)
+            .start_with_context(&self.tracer, &parent);
+        let task = parent.with_span(task_span);
+        // `set_parent` only fails when no OpenTelemetry layer is installed
+        // (then there is no parent to set) or the span was already started,
+        // which cannot happen: it was created just above and never entered.
+        if self.propagation == Propagation::Link {
+            let _ = run.set_parent(Context::new());
+            run.add_link(parent.span().span_context().clone());
+        } else {
+            let _ = run.set_parent(task.clone());
+        }
+        TaskSpans {
+            run,
+            task: Some(task),
+        }
+    }
+
+    /// Sets outcome and status, then ends `bg.run` and `bg.task`.
+    pub(crate) fn finish_spans(spans: TaskSpans, outcome: Outcome, end: Option<&RunEnd>) {
+        let TaskSpans { run, task } = spans;
+        let error = end.and_then(error_details).or_else(|| {
+            (outcome == Outcome::Abandoned)
+                .then(|| ("abandoned at the shutdown deadline".into(), "abandoned"))
+        });
+        if !run.is_disabled() {
+            run.record(names::TASK_OUTCOME, outcome.as_str());
+            if let Some((message, error_type)) = &error {
+                run.set_attribute(names::ERROR_TYPE, *error_type);
+                run.set_status(Status::error(message.clone()));
+            }
+        }
+        drop(run);
+        if let Some(task) = task {
+            let span = task.span();
+            span.set_attribute(KeyValue::new(names::TASK_OUTCOME, outcome.as_str()));
+            if let Some((message, error_type)) = error {
+                span.set_attribute(KeyValue::new(names::ERROR_TYPE, error_type));
+                span.set_status(Status::error(message));
+            }
+            span.end();
+        }
+    }
+
+    /// Records a dropped task's `bg.task` span (ended at once) and returns
+    /// the trace id for the "recent drops" list.
+    pub(crate) fn drop_span(
+        &self,
+        pool: &Arc<str>,
+        name: &'static str,
+        parent: &Context,
+        reason: DropReason,
+        depth: usize,
+    ) -> Option<String> {
+        if !tracing::enabled!(target: "bg_queue", tracing::Level::INFO) {
+            return trace_id_of(parent);
+        }
+        let attributes = vec![
+            KeyValue::new(names::POOL_NAME, pool.to_string()),
+            KeyValue::new(names::TASK_NAME, name),
+            KeyValue::new(names::TASK_OUTCOME, Outcome::Dropped.as_str()),
+            KeyValue::new(names::DROP_REASON, reason.as_str()),
+            KeyValue::new(names::QUEUE_DEPTH, depth as i64),
+            KeyValue::new(names::ERROR_TYPE, reason.as_str()),
+        ];
+        let mut span = self
+            .tracer
+            .span_builder(format!("bg {name}"))
+            .with_attributes(attributes)
+            .start_with_context(&self.tracer, parent);
+        span.set_status(Status::error(format!("dropped: {reason}")));
+        let span_context = span.span_context().clone();
+        span.end();
+        span_context
+            .is_valid()
+            .then(|| format!("{:032x}", span_context.trace_id()))
+            .or_else(|| trace_id_of(parent))
+    }
+
+    pub(crate) fn record_wait(&self, attrs: &TaskAttributes, wait: Duration) {
+        self.wait.record(wait.as_secs_f64(), &attrs.pool_task);
+    }
+
+    pub(crate) fn record_duration(&self, attrs: &TaskAttributes, outcome: Outcome, run: Duration) {
+        self.duration
+            .record(run.as_secs_f64(), attrs.outcome_set(outcome));
+    }
+}
+
+fn error_details(end: &RunEnd) -> Option<(String, &'static str)> {
+    match end {
+        RunEnd::Ok => None,
+        RunEnd::Failed(error) => Some((error.message.clone(), error.type_name)),
+        RunEnd::Panicked(message) => Some((format!("panicked: {message}"), "panic")),
+        RunEnd::TimedOut => Some(("timed out".into(), "timeout")),
+    }
+}
+
+/// Registers the observable instruments; their callbacks read the pool
+/// through a weak reference, so a dropped pool simply stops reporting.
+pub(crate) fn register_observers(meter: &Meter, pool: Weak<Pool>) {
+    let spawned = definition("bg.task.spawned");
+    let weak = pool.clone();
+    meter
+        .u64_observable_counter(spawned.name)
+        .with_unit(spawned.unit)
+        .with_description(spawned.description)
+        .with_callback(move |observer| {
+            if let Some(pool) = weak.upgrade() {
+                pool.for_each_task(|attrs, stats| {
+                    observer.observe(stats.spawned, &attrs.pool_task)
+                });
+            }
+        })
+        .build();
+
+    let dropped = definition("bg.task.dropped");
+    let weak = pool.clone();
+    meter
+        .u64_observable_counter(dropped.name)
+        .with_unit(dropped.unit)
+        .with_description(dropped.description)
+        .with_callback(move |observer| {
+            if let Some(pool) = weak.upgrade() {
+                pool.for_each_task(|attrs, stats| {
+                    for reason in DropReason::ALL {
+                        let count = stats.dropped[reason.index()];
+                        if count > 0 {
+                            let mut set = attrs.pool_task.clone();
+                            set.push(KeyValue::new(names::DROP_REASON, reason.as_str()));
+                            observer.observe(count, &set);
+                        }
+                    }
+                });
+            }
+        })
+        .build();
+
+    for (name, read) in [
+        (
+            "bg.queue.depth",
+            (|stats| stats.queued) as fn(&crate::stats::TaskStats) -> u64,
+        ),
+        ("bg.task.active", |stats| stats.running),
+    ] {
+        let def = definition(name);
+        let weak = pool.clone();
+        meter
+            .i64_observable_up_down_counter(def.name)
+            .with_unit(def.unit)
+            .with_description(def.description)
+            .with_callback(move |observer| {
+                if let Some(pool) = weak.upgrade() {
+                    pool.for_each_task(|attrs, stats| {
+                        observer.observe(read(stats) as i64, &attrs.pool_task)
+                    });
+                }
+            })
+            .build();
+    }
+
+    for (name, read) in [
+        (
+            "bg.queue.capacity",
+            (|pool| pool.capacity() as f64) as fn(&Pool) -> f64,
+        ),
+        ("bg.pool.parallelism", |pool| pool.parallelism() as f64),
+    ] {
+        let def = definition(name);
+        let weak = pool.clone();
+        meter
+            .u64_observable_gauge(def.name)
+            .with_unit(def.unit)
+            .with_description(def.description)
+            .with_callback(move |observer| {
+                if let Some(pool) = weak.upgrade() {
+                    observer.observe(read(&pool) as u64, &[pool.name_attribute()]);
+                }
+            })
+            .build();
+    }
+
+    let oldest = definition("bg.queue.oldest_age");
+    meter
+        .f64_observable_gauge(oldest.name)
+        .with_unit(oldest.unit)
+        .with_description(oldest.description)
+        .with_callback(move |observer| {
+            if let Some(pool) = pool.upgrade() {
+                observer.observe(
+                    pool.oldest_queued_age().as_secs_f64(),
+                    &[pool.name_attribute()],
+                );
+            }
+        })
+        .build();
+}

@@ -1,0 +1,411 @@
+//! The core pool through its public API: the seed's promises, and what the
+//! seed got wrong (capacity, starvation, panics, timeouts, shutdown).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bg_queue::{spawn_pool, BuildError, Builder, DropReason, SpawnError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// A gate tasks wait on: `open` lets every waiting task finish.
+#[derive(Clone)]
+struct Gate(Arc<Semaphore>);
+
+impl Gate {
+    fn new() -> Self {
+        Gate(Arc::new(Semaphore::new(0)))
+    }
+    async fn wait(&self) {
+        self.0.acquire().await.expect("gate never closes").forget();
+    }
+    fn open(&self) {
+        self.0.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+}
+
+/// Spawns `n` tasks that report their start on `started` and then wait at
+/// `gate`; returns once all `n` are running.
+async fn occupy(pool: &bg_queue::BackgroundTx, n: usize, gate: &Gate) {
+    let (started_tx, mut started_rx) = mpsc::unbounded_channel();
+    for _ in 0..n {
+        let gate = gate.clone();
+        let started_tx = started_tx.clone();
+        pool.try_spawn("blocker", async move {
+            let _ = started_tx.send(());
+            gate.wait().await;
+        })
+        .expect("room for the blockers");
+    }
+    for _ in 0..n {
+        started_rx.recv().await.expect("blocker started");
+    }
+}
+
+#[tokio::test]
+async fn seed_drop_in_runs_every_task() {
+    let bg = spawn_pool();
+    let done = Arc::new(AtomicU64::new(0));
+    for _ in 0..100 {
+        let done = done.clone();
+        bg.spawn("count", async move {
+            done.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+    bg.idle().await;
+    assert_eq!(done.load(Ordering::Relaxed), 100);
+    let snapshot = bg.snapshot();
+    assert_eq!(snapshot.name, "default");
+    assert_eq!((snapshot.capacity, snapshot.parallelism), (1024, 8));
+    assert_eq!(snapshot.spawned, 100);
+    assert_eq!(snapshot.completed, 100);
+    assert_eq!(snapshot.task("count").unwrap().completed, 100);
+    assert!(snapshot.is_consistent());
+}
+
+#[test]
+fn spawn_pool_outside_a_runtime_never_panics_and_counts_drops() {
+    let bg = spawn_pool();
+    bg.spawn("orphan", async {});
+    assert_eq!(bg.try_spawn("orphan", async {}), Err(SpawnError::NoRuntime));
+    let snapshot = bg.snapshot();
+    assert_eq!(snapshot.spawned, 0);
+    assert_eq!(snapshot.dropped_by_reason.no_runtime, 2);
+    assert_eq!(snapshot.recent_drops[0].reason, "no_runtime");
+}
+
+#[test]
+fn builder_outside_a_runtime_is_a_typed_error() {
+    let error = Builder::new("jobs").build().unwrap_err();
+    assert_eq!(
+        error,
+        BuildError::NoRuntime {
+            pool: "jobs".into()
+        }
+    );
+    assert!(error.to_string().contains("no tokio runtime"));
+}
+
+#[tokio::test]
+async fn invalid_settings_are_typed_errors_naming_the_pool() {
+    let cases = [
+        (
+            Builder::new("a").capacity(0).build(),
+            "capacity must be at least 1",
+        ),
+        (
+            Builder::new("a").parallelism(0).build(),
+            "parallelism must be at least 1",
+        ),
+        (
+            Builder::new("a")
+                .capacity(bg_queue::MAX_CAPACITY + 1)
+                .build(),
+            "above the maximum",
+        ),
+        (
+            Builder::new("a").timeout(Duration::ZERO).build(),
+            "timeout must be longer than zero",
+        ),
+    ];
+    for (result, message) in cases {
+        let error = result.unwrap_err().to_string();
+        assert!(error.contains(message), "{error}");
+        assert!(error.contains("pool `a`"), "{error}");
+    }
+}
+
+#[test]
+fn spawn_from_plain_threads_runs_on_the_pool_runtime() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let bg = Builder::new("threads")
+        .runtime(runtime.handle().clone())
+        .build()
+        .unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let producers: Vec<_> = (0..2)
+        .map(|_| {
+            let bg = bg.clone();
+            let done_tx = done_tx.clone();
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    let done_tx = done_tx.clone();
+                    bg.spawn("from_thread", async move {
+                        done_tx.send(()).unwrap();
+                    });
+                }
+            })
+        })
+        .collect();
+    for producer in producers {
+        producer.join().unwrap();
+    }
+    for _ in 0..100 {
+        done_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    }
+    runtime.block_on(bg.idle());
+    assert_eq!(bg.snapshot().completed, 100);
+}
+
+#[tokio::test]
+async fn capacity_is_exact_while_every_runner_is_busy() {
+    let bg = Builder::new("exact")
+        .capacity(3)
+        .parallelism(2)
+        .build()
+        .unwrap();
+    let gate = Gate::new();
+    occupy(&bg, 2, &gate).await;
+    for _ in 0..3 {
+        bg.try_spawn("queued", async {})
+            .expect("capacity not reached");
+    }
+    assert_eq!(bg.try_spawn("queued", async {}), Err(SpawnError::QueueFull));
+    let snapshot = bg.snapshot();
+    assert_eq!((snapshot.running, snapshot.queued), (2, 3));
+    assert_eq!(snapshot.dropped_by_reason.queue_full, 1);
+    assert_eq!(snapshot.task("queued").unwrap().dropped, 1);
+    assert_eq!(snapshot.recent_drops[0].task, "queued");
+    assert!(snapshot.is_consistent());
+
+    gate.open();
+    bg.idle().await;
+    let snapshot = bg.snapshot();
+    assert_eq!(
+        (snapshot.spawned, snapshot.completed, snapshot.dropped),
+        (5, 5, 1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spinning_producer_does_not_starve_the_pool() {
+    let bg = Builder::new("spin").capacity(1024).build().unwrap();
+    let calls = 50_000u64;
+    let producer = {
+        let bg = bg.clone();
+        tokio::spawn(async move {
+            // Never yields: the seed's drainer sat in this worker's LIFO slot
+            // and accepted nothing that ran before the loop ended.
+            for _ in 0..calls {
+                bg.spawn("spin", async {});
+            }
+        })
+    };
+    producer.await.unwrap();
+    bg.idle().await;
+    let snapshot = bg.snapshot();
+    assert_eq!(snapshot.spawned + snapshot.dropped, calls);
+    assert!(
+        snapshot.spawned >= 1024,
+        "accepted only {} tasks",
+        snapshot.spawned
+    );
+    assert_eq!(snapshot.completed, snapshot.spawned);
+}
+
+#[tokio::test]
+async fn panics_are_isolated_counted_and_release_the_runner() {
+    let bg = Builder::new("panics").parallelism(1).build().unwrap();
+    let (tx, rx) = oneshot::channel();
+    bg.spawn("explodes", async {
+        if true {
+            panic!("boom")
+        }
+    });
+    bg.spawn("after", async move {
+        tx.send(()).unwrap();
+    });
+    rx.await.expect("the single runner survived the panic");
+    bg.idle().await;
+    let snapshot = bg.snapshot();
+    assert_eq!(snapshot.panicked, 1);
+    assert_eq!(snapshot.task("explodes").unwrap().panicked, 1);
+    assert_eq!(snapshot.completed, 1);
+    assert!(snapshot.is_consistent());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_over_its_timeout_is_cancelled_and_counted() {
+    let bg = Builder::new("timeouts")
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let cancelled = Arc::new(AtomicU64::new(0));
+    struct OnDrop(Arc<AtomicU64>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let guard = OnDrop(cancelled.clone());
+    bg.spawn("slow", async move {
+        let _guard = guard;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+    bg.spawn("fast", async {
+        tokio::time::sleep(Duration::from_millis(10)).await
+    });
+    bg.idle().await;
+    let snapshot = bg.snapshot();
+    assert_eq!(snapshot.task("slow").unwrap().timed_out, 1);
+    assert_eq!(snapshot.task("fast").unwrap().completed, 1);
+    assert_eq!(
+        cancelled.load(Ordering::Relaxed),
+        1,
+        "the slow future was dropped"
+    );
+    let run_max = snapshot.task("slow").unwrap().run_ms.max.unwrap();
+    assert!((1000.0..1100.0).contains(&run_max), "{run_max}");
+}
+
+#[tokio::test]
+async fn fallible_tasks_count_err_as_failed() {
+    #[derive(Debug)]
+    struct SmtpError;
+    impl std::fmt::Display for SmtpError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("550 mailbox unavailable")
+        }
+    }
+    let bg = Builder::new("fallible").build().unwrap();
+    bg.spawn("send_email", async { Err::<(), _>(SmtpError) });
+    bg.spawn("send_email", async { Ok::<(), SmtpError>(()) });
+    bg.idle().await;
+    let task = bg.snapshot().task("send_email").unwrap().clone();
+    assert_eq!((task.failed, task.completed, task.spawned), (1, 1, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_drains_in_time_then_refuses_new_tasks() {
+    let bg = Builder::new("drain").parallelism(2).build().unwrap();
+    for _ in 0..10 {
+        bg.spawn("work", async {
+            tokio::time::sleep(Duration::from_millis(100)).await
+        });
+    }
+    let report = bg.shutdown(Duration::from_secs(10)).await;
+    assert!(report.drained);
+    assert_eq!(
+        (report.spawned, report.completed, report.abandoned),
+        (10, 10, 0)
+    );
+    assert!(report.is_consistent());
+    assert_eq!(bg.try_spawn("late", async {}), Err(SpawnError::Closed));
+    bg.spawn("late", async {});
+    let snapshot = bg.snapshot();
+    assert_eq!(snapshot.dropped_by_reason.closed, 2);
+    assert!(!snapshot.accepting);
+    assert_eq!(DropReason::Closed.as_str(), snapshot.recent_drops[0].reason);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_abandons_queued_and_running_tasks_at_the_deadline() {
+    let bg = Builder::new("deadline")
+        .parallelism(2)
+        .capacity(10)
+        .build()
+        .unwrap();
+    let aborted = Arc::new(AtomicU64::new(0));
+    struct OnDrop(Arc<AtomicU64>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let gate = Gate::new();
+    for _ in 0..2 {
+        let guard = OnDrop(aborted.clone());
+        let gate = gate.clone();
+        bg.spawn("stuck_email", async move {
+            let _guard = guard;
+            gate.wait().await;
+        });
+    }
+    for _ in 0..5 {
+        bg.spawn("queued_subscription", async {});
+    }
+    bg.spawn("quick", async {});
+    // Runners start in spawn order: the stuck pair occupies both.
+    let report = bg.shutdown(Duration::from_secs(2)).await;
+    assert!(!report.drained);
+    assert_eq!(report.spawned, 8);
+    assert_eq!(report.abandoned, 8 - report.completed);
+    assert_eq!((report.queued, report.running), (0, 0));
+    assert!(report.is_consistent(), "{report}");
+    assert_eq!(
+        aborted.load(Ordering::Relaxed),
+        2,
+        "running tasks were really aborted"
+    );
+    assert_eq!(
+        report.abandoned_by_task[0],
+        ("queued_subscription".to_owned(), 5)
+    );
+    assert!(report
+        .abandoned_by_task
+        .contains(&("stuck_email".to_owned(), 2)));
+    let text = report.to_string();
+    assert!(
+        text.contains("stuck_email=2") && text.contains("deadline reached"),
+        "{text}"
+    );
+}
+
+#[test]
+fn dropping_the_runtime_accounts_for_every_queued_task() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let bg = runtime.block_on(async {
+        let bg = Builder::new("orphaned").parallelism(1).build().unwrap();
+        for _ in 0..1000 {
+            bg.spawn("queued", async {});
+        }
+        bg
+    });
+    // The runner never got to run: the runtime goes away with 1000 queued.
+    drop(runtime);
+    let snapshot = bg.snapshot();
+    assert_eq!(snapshot.spawned, 1000);
+    assert_eq!(snapshot.abandoned, 1000);
+    assert_eq!(snapshot.queued, 0);
+    assert!(snapshot.is_consistent());
+    assert_eq!(bg.try_spawn("later", async {}), Err(SpawnError::NoRuntime));
+}
+
+#[tokio::test(start_paused = true)]
+async fn oldest_queued_age_grows_while_the_queue_is_blocked() {
+    let bg = Builder::new("age").parallelism(1).build().unwrap();
+    let gate = Gate::new();
+    occupy(&bg, 1, &gate).await;
+    bg.spawn("waiting", async {});
+    assert!(bg.snapshot().oldest_queued_seconds < 0.001);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let age = bg.snapshot().oldest_queued_seconds;
+    assert!((5.0..5.1).contains(&age), "{age}");
+    gate.open();
+    bg.idle().await;
+    let snapshot = bg.snapshot();
+    assert_eq!(snapshot.oldest_queued_seconds, 0.0);
+    let wait = snapshot.task("waiting").unwrap().wait_ms.max.unwrap();
+    assert!((5000.0..5100.0).contains(&wait), "{wait}");
+}
+
+#[tokio::test]
+async fn several_named_pools_coexist() {
+    let email = Builder::new("email").build().unwrap();
+    let hooks = Builder::new("webhooks").build().unwrap();
+    email.spawn("send", async {});
+    hooks.spawn("follow_up", async {});
+    hooks.spawn("follow_up", async {});
+    email.idle().await;
+    hooks.idle().await;
+    assert_eq!(email.snapshot().completed, 1);
+    assert_eq!(hooks.snapshot().completed, 2);
+    assert!(email.snapshot().task("follow_up").is_none());
+}
