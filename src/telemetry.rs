@@ -254,6 +254,14 @@ impl TaskSpans {
     }
 }
 
+/// Whether this thread has a real subscriber. `tracing` caches callsite
+/// interest across dispatchers, so on a thread with none (while another
+/// thread has one) a span can look enabled; checking here keeps such a
+/// thread from building OpenTelemetry spans nobody asked for.
+fn subscriber_present() -> bool {
+    tracing::dispatcher::get_default(|dispatch| !dispatch.is::<tracing::subscriber::NoSubscriber>())
+}
+
 fn trace_id_of(cx: &Context) -> Option<String> {
     let span = cx.span();
     let span_context = span.span_context();
@@ -337,7 +345,7 @@ impl Telemetry {
             bg.task.wait_ms = wait_ms,
             bg.task.outcome = tracing::field::Empty,
         );
-        if run.is_disabled() {
+        if run.is_disabled() || !subscriber_present() {
             return TaskSpans { run, task: None };
         }
         let parent = match self.propagation {
@@ -408,7 +416,7 @@ impl Telemetry {
         reason: DropReason,
         depth: usize,
     ) -> Option<String> {
-        if !tracing::enabled!(target: "bg_queue", tracing::Level::INFO) {
+        if !subscriber_present() || !tracing::enabled!(target: "bg_queue", tracing::Level::INFO) {
             return trace_id_of(parent);
         }
         let attributes = vec![

@@ -1,0 +1,296 @@
+//! Spans as an application sees them: `tracing` + `tracing-opentelemetry` +
+//! the SDK, exported into memory.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bg_queue::{Builder, Propagation};
+use common::{attr, attr_str, names, Tracing};
+use opentelemetry::trace::{SpanId, Status};
+use opentelemetry::Value;
+use tokio::sync::{oneshot, Semaphore};
+use tracing::Instrument;
+
+fn pool(tracing: &Tracing, propagation: Propagation) -> bg_queue::BackgroundTx {
+    Builder::new("mail")
+        .parallelism(1)
+        .capacity(4)
+        .propagation(propagation)
+        .tracer(tracing.tracer())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn child_mode_chains_caller_task_run_and_user_spans() {
+    let tracing = Tracing::new();
+    let _guard = tracing::subscriber::set_default(tracing.subscriber());
+    let bg = pool(&tracing, Propagation::Child);
+
+    async {
+        bg.spawn("send_receipt_email", async {
+            async {}.instrument(tracing::info_span!("smtp.send")).await
+        });
+    }
+    .instrument(tracing::info_span!("POST /webhooks/stripe"))
+    .await;
+    bg.idle().await;
+
+    let caller = tracing.span("POST /webhooks/stripe");
+    let task = tracing.span("bg send_receipt_email");
+    let run = tracing.span("run send_receipt_email");
+    let user = tracing.span("smtp.send");
+    let trace_id = caller.span_context.trace_id();
+    for span in [&task, &run, &user] {
+        assert_eq!(span.span_context.trace_id(), trace_id, "{}", span.name);
+    }
+    assert_eq!(task.parent_span_id, caller.span_context.span_id());
+    assert_eq!(run.parent_span_id, task.span_context.span_id());
+    assert_eq!(user.parent_span_id, run.span_context.span_id());
+
+    for span in [&task, &run] {
+        assert_eq!(attr_str(span, "bg.pool.name").as_deref(), Some("mail"));
+        assert_eq!(
+            attr_str(span, "bg.task.name").as_deref(),
+            Some("send_receipt_email")
+        );
+        assert_eq!(attr_str(span, "bg.task.outcome").as_deref(), Some("ok"));
+        assert_eq!(span.status, Status::Unset);
+        assert!(attr(span, "bg.task.wait_ms").is_some());
+    }
+    assert_eq!(attr(&task, "bg.queue.depth"), Some(Value::I64(1)));
+    // bg.task covers the whole life: it starts no later than bg.run and ends
+    // no earlier.
+    assert!(task.start_time <= run.start_time && task.end_time >= run.end_time);
+}
+
+#[tokio::test]
+async fn wait_ms_matches_the_wait_measured_by_the_test() {
+    let tracing = Tracing::new();
+    let _guard = tracing::subscriber::set_default(tracing.subscriber());
+    let bg = pool(&tracing, Propagation::Child);
+    let gate = Arc::new(Semaphore::new(0));
+    {
+        let gate = gate.clone();
+        bg.spawn("blocker", async move {
+            let _ = gate.acquire().await;
+        });
+    }
+    let (started_tx, started_rx) = oneshot::channel();
+    let spawned_at = Instant::now();
+    bg.spawn("waiter", async move {
+        let _ = started_tx.send(Instant::now());
+    });
+    // Let the queue wait a measurable while, then release the blocker.
+    let (tick_tx, tick_rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let _ = tick_tx.send(());
+    });
+    tick_rx.await.unwrap();
+    gate.add_permits(1);
+    let started_at = started_rx.await.unwrap();
+    bg.idle().await;
+
+    let measured_ms = started_at.duration_since(spawned_at).as_secs_f64() * 1000.0;
+    let task = tracing.span("bg waiter");
+    let Some(Value::F64(recorded_ms)) = attr(&task, "bg.task.wait_ms") else {
+        panic!("no wait_ms on {task:?}");
+    };
+    assert!(measured_ms >= 30.0);
+    assert!(
+        (recorded_ms - measured_ms).abs() <= 1.0,
+        "recorded {recorded_ms} ms, measured {measured_ms} ms"
+    );
+    let span_wait = task.end_time.duration_since(task.start_time).unwrap();
+    assert!(span_wait.as_secs_f64() * 1000.0 >= recorded_ms - 1.0);
+}
+
+#[tokio::test]
+async fn the_caller_span_is_exported_while_the_task_still_waits() {
+    let tracing = Tracing::new();
+    let _guard = tracing::subscriber::set_default(tracing.subscriber());
+    let bg = pool(&tracing, Propagation::Child);
+    let gate = Arc::new(Semaphore::new(0));
+    let task_gate = gate.clone();
+    async {
+        bg.spawn("slow_email", async move {
+            let _ = task_gate.acquire().await;
+        });
+    }
+    .instrument(tracing::info_span!("webhook"))
+    .await;
+    // The caller is done; its span must be exported now, not when the
+    // background task ends.
+    let exported = names(&tracing.spans());
+    assert_eq!(exported, vec!["webhook".to_owned()]);
+    gate.add_permits(1);
+    bg.idle().await;
+    assert_eq!(tracing.spans().len(), 3);
+}
+
+#[tokio::test]
+async fn link_mode_starts_a_new_trace_linked_to_the_caller() {
+    let tracing = Tracing::new();
+    let _guard = tracing::subscriber::set_default(tracing.subscriber());
+    let bg = pool(&tracing, Propagation::Link);
+    async {
+        bg.spawn("digest", async {});
+    }
+    .instrument(tracing::info_span!("request"))
+    .await;
+    bg.idle().await;
+    let caller = tracing.span("request");
+    let task = tracing.span("bg digest");
+    let run = tracing.span("run digest");
+    assert_eq!(task.span_context.trace_id(), caller.span_context.trace_id());
+    assert_eq!(task.parent_span_id, caller.span_context.span_id());
+    assert_ne!(run.span_context.trace_id(), caller.span_context.trace_id());
+    assert_eq!(run.parent_span_id, SpanId::INVALID);
+    let links: Vec<_> = run.links.iter().map(|l| l.span_context.clone()).collect();
+    assert_eq!(links, vec![caller.span_context.clone()]);
+}
+
+#[tokio::test]
+async fn none_mode_makes_each_task_its_own_trace() {
+    let tracing = Tracing::new();
+    let _guard = tracing::subscriber::set_default(tracing.subscriber());
+    let bg = pool(&tracing, Propagation::None);
+    async {
+        bg.spawn("cleanup", async {});
+    }
+    .instrument(tracing::info_span!("request"))
+    .await;
+    bg.idle().await;
+    let caller = tracing.span("request");
+    let task = tracing.span("bg cleanup");
+    let run = tracing.span("run cleanup");
+    assert_ne!(task.span_context.trace_id(), caller.span_context.trace_id());
+    assert_eq!(task.parent_span_id, SpanId::INVALID);
+    assert_eq!(run.parent_span_id, task.span_context.span_id());
+}
+
+#[tokio::test]
+async fn failed_panicked_and_timed_out_set_error_status_and_type() {
+    let tracing = Tracing::new();
+    let _guard = tracing::subscriber::set_default(tracing.subscriber());
+    let bg = Builder::new("mail")
+        .timeout(Duration::from_millis(20))
+        .tracer(tracing.tracer())
+        .build()
+        .unwrap();
+    #[derive(Debug)]
+    struct SmtpRefused;
+    impl std::fmt::Display for SmtpRefused {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("550 mailbox unavailable")
+        }
+    }
+    async {
+        bg.spawn("fails", async { Err::<(), _>(SmtpRefused) });
+        bg.spawn("panics", async {
+            if true {
+                panic!("template missing")
+            }
+        });
+        bg.spawn("hangs", std::future::pending::<()>());
+    }
+    .instrument(tracing::info_span!("request"))
+    .await;
+    bg.idle().await;
+
+    let cases = [
+        (
+            "fails",
+            "failed",
+            "550 mailbox unavailable",
+            std::any::type_name::<SmtpRefused>(),
+        ),
+        ("panics", "panicked", "panicked: template missing", "panic"),
+        ("hangs", "timed_out", "timed out", "timeout"),
+    ];
+    for (task_name, outcome, message, error_type) in cases {
+        for span in [
+            tracing.span(&format!("bg {task_name}")),
+            tracing.span(&format!("run {task_name}")),
+        ] {
+            assert_eq!(attr_str(&span, "bg.task.outcome").as_deref(), Some(outcome));
+            assert_eq!(span.status, Status::error(message), "{}", span.name);
+            assert_eq!(attr_str(&span, "error.type").as_deref(), Some(error_type));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_dropped_task_still_has_its_span_under_the_caller() {
+    let tracing = Tracing::new();
+    let _guard = tracing::subscriber::set_default(tracing.subscriber());
+    let bg = pool(&tracing, Propagation::Child);
+    let gate = Arc::new(Semaphore::new(0));
+    async {
+        // The runner has not started yet (nothing yielded), so all four
+        // are queued and the queue (capacity 4) is full: the fifth drops.
+        for _ in 0..4 {
+            let gate = gate.clone();
+            bg.spawn("send_receipt_email", async move {
+                let _ = gate.acquire().await;
+            });
+        }
+        bg.spawn("send_receipt_email", async {});
+    }
+    .instrument(tracing::info_span!("POST /webhooks/stripe"))
+    .await;
+    let caller = tracing.span("POST /webhooks/stripe");
+    let dropped = tracing.span("bg send_receipt_email");
+    assert_eq!(dropped.parent_span_id, caller.span_context.span_id());
+    assert_eq!(
+        dropped.span_context.trace_id(),
+        caller.span_context.trace_id()
+    );
+    assert_eq!(
+        attr_str(&dropped, "bg.task.outcome").as_deref(),
+        Some("dropped")
+    );
+    assert_eq!(
+        attr_str(&dropped, "bg.drop.reason").as_deref(),
+        Some("queue_full")
+    );
+    assert_eq!(dropped.status, Status::error("dropped: queue_full"));
+    let snapshot = bg.snapshot();
+    assert_eq!(
+        snapshot.recent_drops[0].trace_id.as_deref(),
+        Some(format!("{:032x}", caller.span_context.trace_id()).as_str())
+    );
+    gate.add_permits(10);
+    bg.idle().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn tasks_abandoned_at_shutdown_end_their_spans_as_abandoned() {
+    let tracing = Tracing::new();
+    let _guard = tracing::subscriber::set_default(tracing.subscriber());
+    let bg = pool(&tracing, Propagation::Child);
+    bg.spawn("stuck", std::future::pending::<()>());
+    let report = bg.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(report.abandoned, 1);
+    for name in ["bg stuck", "run stuck"] {
+        let span = tracing.span(name);
+        assert_eq!(
+            attr_str(&span, "bg.task.outcome").as_deref(),
+            Some("abandoned")
+        );
+        assert!(matches!(span.status, Status::Error { .. }));
+    }
+}
+
+#[tokio::test]
+async fn without_a_subscriber_no_span_is_built() {
+    let tracing = Tracing::new();
+    let bg = pool(&tracing, Propagation::Child);
+    bg.spawn("quiet", async {});
+    bg.idle().await;
+    assert!(tracing.spans().is_empty(), "{:?}", names(&tracing.spans()));
+    assert_eq!(bg.snapshot().completed, 1);
+}
