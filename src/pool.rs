@@ -408,7 +408,15 @@ impl Pool {
         }
     }
 
+    /// Enters the pool's runtime, so that `Instant::now()` reads the
+    /// runtime's clock (it differs from the OS clock only when a test
+    /// pauses time) from threads outside it, such as a metric reader's.
+    fn enter_runtime(&self) -> Option<tokio::runtime::EnterGuard<'_>> {
+        self.runtime.as_ref().map(Handle::enter)
+    }
+
     pub(crate) fn oldest_queued_age(&self) -> Duration {
+        let _clock = self.enter_runtime();
         let state = self.lock();
         state
             .queue
@@ -516,7 +524,10 @@ impl Pool {
     }
 
     fn snapshot(&self) -> PoolSnapshot {
-        let now = Instant::now();
+        let now = {
+            let _clock = self.enter_runtime();
+            Instant::now()
+        };
         let state = self.lock();
         let tasks: Vec<_> = state
             .tasks

@@ -84,3 +84,100 @@ impl Metrics {
 pub fn kv(key: &'static str, value: &'static str) -> KeyValue {
     KeyValue::new(key, value)
 }
+
+/// One exported data point, flattened for assertions.
+#[derive(Debug, Clone)]
+pub struct Point {
+    pub metric: String,
+    pub unit: String,
+    /// `counter`, `updowncounter`, `gauge` or `histogram`.
+    pub kind: &'static str,
+    pub attributes: std::collections::BTreeMap<String, String>,
+    /// Sum or gauge value; histogram sum.
+    pub value: f64,
+    /// Histogram count.
+    pub count: u64,
+    pub bounds: Vec<f64>,
+}
+
+impl Point {
+    pub fn attr(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
+}
+
+fn flatten<T: Copy>(
+    name: &str,
+    unit: &str,
+    data: &opentelemetry_sdk::metrics::data::MetricData<T>,
+    to_f64: fn(T) -> f64,
+    out: &mut Vec<Point>,
+) {
+    use opentelemetry_sdk::metrics::data::MetricData;
+    let attrs = |iter: &mut dyn Iterator<Item = &KeyValue>| {
+        iter.map(|kv| (kv.key.to_string(), kv.value.as_str().into_owned()))
+            .collect()
+    };
+    let point = |kind, attributes, value, count, bounds| Point {
+        metric: name.to_owned(),
+        unit: unit.to_owned(),
+        kind,
+        attributes,
+        value,
+        count,
+        bounds,
+    };
+    match data {
+        MetricData::Gauge(gauge) => {
+            for p in gauge.data_points() {
+                out.push(point("gauge", attrs(&mut p.attributes()), to_f64(p.value()), 0, vec![]));
+            }
+        }
+        MetricData::Sum(sum) => {
+            let kind = if sum.is_monotonic() { "counter" } else { "updowncounter" };
+            for p in sum.data_points() {
+                out.push(point(kind, attrs(&mut p.attributes()), to_f64(p.value()), 0, vec![]));
+            }
+        }
+        MetricData::Histogram(histogram) => {
+            for p in histogram.data_points() {
+                out.push(point(
+                    "histogram",
+                    attrs(&mut p.attributes()),
+                    to_f64(p.sum()),
+                    p.count(),
+                    p.bounds().collect(),
+                ));
+            }
+        }
+        MetricData::ExponentialHistogram(_) => panic!("{name}: unexpected exponential histogram"),
+    }
+}
+
+impl Metrics {
+    /// Collects now and returns every data point of the latest collection.
+    pub fn collect(&self) -> Vec<Point> {
+        use opentelemetry_sdk::metrics::data::AggregatedMetrics;
+        self.exporter.reset();
+        self.provider.force_flush().unwrap();
+        let batches = self.exporter.get_finished_metrics().unwrap();
+        let latest = batches.last().expect("one collection");
+        let mut out = Vec::new();
+        for scope in latest.scope_metrics() {
+            for metric in scope.metrics() {
+                match metric.data() {
+                    AggregatedMetrics::F64(data) => {
+                        flatten(metric.name(), metric.unit(), data, |v| v, &mut out)
+                    }
+                    AggregatedMetrics::U64(data) => {
+                        flatten(metric.name(), metric.unit(), data, |v| v as f64, &mut out)
+                    }
+                    AggregatedMetrics::I64(data) => {
+                        flatten(metric.name(), metric.unit(), data, |v| v as f64, &mut out)
+                    }
+                }
+            }
+        }
+        out
+    }
+}

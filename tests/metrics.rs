@@ -1,0 +1,204 @@
+//! Metrics as an application exports them: SDK meter provider, in-memory
+//! exporter, a known workload, exact figures.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bg_queue::{Builder, InstrumentKind, DURATION_BUCKETS_SECONDS, METRICS};
+use common::{Metrics, Point};
+use opentelemetry::metrics::MeterProvider as _;
+use tokio::sync::{mpsc, Semaphore};
+
+fn find<'a>(points: &'a [Point], metric: &str, filters: &[(&str, &str)]) -> Vec<&'a Point> {
+    points
+        .iter()
+        .filter(|p| p.metric == metric && filters.iter().all(|(k, v)| p.attr(k) == Some(*v)))
+        .collect()
+}
+
+fn one<'a>(points: &'a [Point], metric: &str, filters: &[(&str, &str)]) -> &'a Point {
+    let found = find(points, metric, filters);
+    assert_eq!(found.len(), 1, "{metric} {filters:?}: {found:?}");
+    found[0]
+}
+
+fn kind_name(kind: InstrumentKind) -> &'static str {
+    match kind {
+        InstrumentKind::Counter => "counter",
+        InstrumentKind::UpDownCounter => "updowncounter",
+        InstrumentKind::Gauge => "gauge",
+        InstrumentKind::Histogram => "histogram",
+    }
+}
+
+/// Runs a known workload on pool `jobs` (capacity 3, parallelism 2):
+/// 2 blockers (20 ms each once released), 3 queued emails, 2 emails dropped
+/// (queue full), 1 failed and 1 panicked subscription, 1 drop after shutdown.
+async fn known_workload(metrics: &Metrics) -> (bg_queue::BackgroundTx, Duration) {
+    let bg = Builder::new("jobs")
+        .capacity(3)
+        .parallelism(2)
+        .meter(metrics.provider.meter("test"))
+        .build()
+        .unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    let (started_tx, mut started_rx) = mpsc::unbounded_channel();
+    for _ in 0..2 {
+        let gate = gate.clone();
+        let started_tx = started_tx.clone();
+        bg.spawn("blocker", async move {
+            started_tx.send(()).unwrap();
+            let _ = gate.acquire().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        });
+    }
+    started_rx.recv().await.unwrap();
+    started_rx.recv().await.unwrap();
+    for _ in 0..5 {
+        bg.spawn("email", async {});
+    }
+    let released = Instant::now();
+    gate.add_permits(2);
+    bg.idle().await;
+    let blocker_time = released.elapsed();
+    bg.spawn("subscribe", async { Err::<(), _>("list API 503") });
+    bg.spawn("subscribe", async {
+        if true {
+            panic!("bad payload")
+        }
+    });
+    bg.idle().await;
+    let report = bg.shutdown(Duration::from_secs(1)).await;
+    assert!(report.drained);
+    bg.spawn("email", async {});
+    (bg, blocker_time)
+}
+
+#[tokio::test]
+async fn exact_counts_after_a_known_workload() {
+    let metrics = Metrics::new();
+    let (_bg, blocker_time) = known_workload(&metrics).await;
+    let points = metrics.collect();
+    let task = |name| [("bg.pool.name", "jobs"), ("bg.task.name", name)];
+
+    assert_eq!(one(&points, "bg.task.spawned", &task("blocker")).value, 2.0);
+    assert_eq!(one(&points, "bg.task.spawned", &task("email")).value, 3.0);
+    assert_eq!(one(&points, "bg.task.spawned", &task("subscribe")).value, 2.0);
+
+    let dropped = |reason| {
+        let mut f = task("email").to_vec();
+        f.push(("bg.drop.reason", reason));
+        one(&points, "bg.task.dropped", &f).value
+    };
+    assert_eq!(dropped("queue_full"), 2.0);
+    assert_eq!(dropped("closed"), 1.0);
+    assert_eq!(find(&points, "bg.task.dropped", &task("blocker")).len(), 0);
+
+    let duration = |name, outcome| {
+        let mut f = task(name).to_vec();
+        f.push(("bg.task.outcome", outcome));
+        one(&points, "bg.task.duration", &f).clone()
+    };
+    assert_eq!(duration("email", "ok").count, 3);
+    assert_eq!(duration("subscribe", "failed").count, 1);
+    assert_eq!(duration("subscribe", "panicked").count, 1);
+    let blockers = duration("blocker", "ok");
+    assert_eq!(blockers.count, 2);
+    // Each blocker ran at least its 20 ms sleep, and no longer than the test
+    // measured from its release to the pool going idle (plus the time before
+    // the release, which is bounded by the whole test).
+    assert!(blockers.value >= 0.040, "{}", blockers.value);
+    assert!(blockers.value <= 2.0 * (blocker_time.as_secs_f64() + 1.0));
+
+    // Every started task recorded its wait once.
+    let waits: u64 = find(&points, "bg.task.wait", &[("bg.pool.name", "jobs")])
+        .iter()
+        .map(|p| p.count)
+        .sum();
+    assert_eq!(waits, 7);
+
+    for name in ["blocker", "email", "subscribe"] {
+        assert_eq!(one(&points, "bg.queue.depth", &task(name)).value, 0.0);
+        assert_eq!(one(&points, "bg.task.active", &task(name)).value, 0.0);
+    }
+    let pool = [("bg.pool.name", "jobs")];
+    assert_eq!(one(&points, "bg.queue.capacity", &pool).value, 3.0);
+    assert_eq!(one(&points, "bg.pool.parallelism", &pool).value, 2.0);
+    assert_eq!(one(&points, "bg.queue.oldest_age", &pool).value, 0.0);
+}
+
+#[tokio::test]
+async fn exported_metrics_match_the_table_exactly() {
+    let metrics = Metrics::new();
+    let (_bg, _) = known_workload(&metrics).await;
+    let points = metrics.collect();
+
+    let mut exported: Vec<&str> = points.iter().map(|p| p.metric.as_str()).collect();
+    exported.sort_unstable();
+    exported.dedup();
+    let mut table: Vec<&str> = METRICS.iter().map(|m| m.name).collect();
+    table.sort_unstable();
+    assert_eq!(exported, table, "exported metrics and METRICS disagree");
+
+    for def in METRICS {
+        for point in find(&points, def.name, &[]) {
+            assert_eq!(point.unit, def.unit, "{}", def.name);
+            assert_eq!(point.kind, kind_name(def.kind), "{}", def.name);
+            let keys: Vec<&str> = point.attributes.keys().map(String::as_str).collect();
+            let mut expected = def.attributes.to_vec();
+            expected.sort_unstable();
+            assert_eq!(keys, expected, "{}", def.name);
+            if def.kind == InstrumentKind::Histogram {
+                assert_eq!(point.bounds, DURATION_BUCKETS_SECONDS.to_vec());
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn depth_active_and_oldest_age_while_the_queue_is_blocked() {
+    let metrics = Metrics::new();
+    let bg = Builder::new("blocked")
+        .parallelism(1)
+        .meter(metrics.provider.meter("test"))
+        .build()
+        .unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    let (started_tx, mut started_rx) = mpsc::unbounded_channel();
+    {
+        let gate = gate.clone();
+        bg.spawn("blocker", async move {
+            started_tx.send(()).unwrap();
+            let _ = gate.acquire().await;
+        });
+    }
+    started_rx.recv().await.unwrap();
+    for _ in 0..3 {
+        bg.spawn("queued", async {});
+    }
+    let task = |name| [("bg.pool.name", "blocked"), ("bg.task.name", name)];
+    let pool = [("bg.pool.name", "blocked")];
+
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let early = metrics.collect();
+    assert_eq!(one(&early, "bg.queue.depth", &task("queued")).value, 3.0);
+    assert_eq!(one(&early, "bg.task.active", &task("blocker")).value, 1.0);
+    let age_early = one(&early, "bg.queue.oldest_age", &pool).value;
+
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let late = metrics.collect();
+    let age_late = one(&late, "bg.queue.oldest_age", &pool).value;
+    assert!((2.0..2.1).contains(&age_early), "{age_early}");
+    assert!((7.0..7.1).contains(&age_late), "{age_late}");
+
+    gate.add_permits(1);
+    bg.idle().await;
+    let after = metrics.collect();
+    assert_eq!(one(&after, "bg.queue.depth", &task("queued")).value, 0.0);
+    assert_eq!(one(&after, "bg.queue.oldest_age", &pool).value, 0.0);
+    let waits = one(&after, "bg.task.wait", &task("queued"));
+    assert_eq!(waits.count, 3);
+    assert!(waits.value >= 3.0 * 7.0, "{}", waits.value);
+}
