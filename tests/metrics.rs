@@ -85,7 +85,10 @@ async fn exact_counts_after_a_known_workload() {
 
     assert_eq!(one(&points, "bg.task.spawned", &task("blocker")).value, 2.0);
     assert_eq!(one(&points, "bg.task.spawned", &task("email")).value, 3.0);
-    assert_eq!(one(&points, "bg.task.spawned", &task("subscribe")).value, 2.0);
+    assert_eq!(
+        one(&points, "bg.task.spawned", &task("subscribe")).value,
+        2.0
+    );
 
     let dropped = |reason| {
         let mut f = task("email").to_vec();

@@ -2,6 +2,8 @@
 //! application wires them (SDK providers + `tracing-opentelemetry` layer).
 #![allow(dead_code, unreachable_pub)]
 
+pub mod otlp;
+
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
@@ -130,13 +132,29 @@ fn flatten<T: Copy>(
     match data {
         MetricData::Gauge(gauge) => {
             for p in gauge.data_points() {
-                out.push(point("gauge", attrs(&mut p.attributes()), to_f64(p.value()), 0, vec![]));
+                out.push(point(
+                    "gauge",
+                    attrs(&mut p.attributes()),
+                    to_f64(p.value()),
+                    0,
+                    vec![],
+                ));
             }
         }
         MetricData::Sum(sum) => {
-            let kind = if sum.is_monotonic() { "counter" } else { "updowncounter" };
+            let kind = if sum.is_monotonic() {
+                "counter"
+            } else {
+                "updowncounter"
+            };
             for p in sum.data_points() {
-                out.push(point(kind, attrs(&mut p.attributes()), to_f64(p.value()), 0, vec![]));
+                out.push(point(
+                    kind,
+                    attrs(&mut p.attributes()),
+                    to_f64(p.value()),
+                    0,
+                    vec![],
+                ));
             }
         }
         MetricData::Histogram(histogram) => {

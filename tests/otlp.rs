@@ -1,0 +1,151 @@
+//! Spans and metrics over OTLP, gRPC and HTTP/protobuf, to a real receiver:
+//! what arrives on the wire has the structure, names, units and attributes
+//! of the contract.
+
+mod common;
+#[path = "../examples/support/telemetry.rs"]
+mod telemetry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bg_queue::{Builder, METRICS};
+use common::otlp::{Receiver, WireSpan};
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry::trace::TracerProvider as _;
+use telemetry::{Protocol, Providers};
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+use tracing_subscriber::layer::SubscriberExt;
+
+async fn flush(providers: &Providers) {
+    let tracer = providers.tracer.clone().unwrap();
+    let meter = providers.meter.clone().unwrap();
+    // The exports run on this (current-thread) runtime: flush from a
+    // blocking thread so the runtime stays free to run them.
+    tokio::task::spawn_blocking(move || {
+        tracer.force_flush().unwrap();
+        meter.force_flush().unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+fn named<'a>(spans: &'a [WireSpan], name: &str) -> Vec<&'a WireSpan> {
+    spans.iter().filter(|s| s.name == name).collect()
+}
+
+async fn spans_and_metrics_arrive_over(protocol: Protocol) {
+    let receiver = Receiver::start().await;
+    let endpoint = match protocol {
+        Protocol::Grpc => format!("http://{}", receiver.grpc),
+        Protocol::HttpProtobuf => format!("http://{}", receiver.http),
+    };
+    let providers = Providers::otlp_to(protocol, Some(&endpoint), "otlp-test").unwrap();
+    let tracer_provider = providers.tracer.clone().unwrap();
+    let meter_provider = providers.meter.clone().unwrap();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(tracer_provider.tracer("app")));
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let bg = Builder::new("mail")
+        .capacity(1)
+        .parallelism(1)
+        .tracer(tracer_provider.tracer("bg-queue"))
+        .meter(meter_provider.meter("bg-queue"))
+        .build()
+        .unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    let task_gate = gate.clone();
+    async {
+        bg.spawn("send_receipt_email", async move {
+            let _ = task_gate.acquire().await;
+            async {}.instrument(tracing::info_span!("smtp.send")).await;
+        });
+        // Capacity 1 and the runner has not started: this one is dropped.
+        bg.spawn("subscribe_mailing_list", async {});
+    }
+    .instrument(tracing::info_span!("POST /webhooks/stripe"))
+    .await;
+    gate.add_permits(1);
+    bg.idle().await;
+    flush(&providers).await;
+
+    let spans = receiver
+        .wait_until("five spans", Duration::from_secs(20), |r| {
+            let spans = r.spans();
+            (spans.len() >= 5).then_some(spans)
+        })
+        .await;
+    let caller = named(&spans, "POST /webhooks/stripe")[0];
+    let task = named(&spans, "bg send_receipt_email")[0];
+    let run = named(&spans, "run send_receipt_email")[0];
+    let user = named(&spans, "smtp.send")[0];
+    let dropped = named(&spans, "bg subscribe_mailing_list")[0];
+    for span in [task, run, user, dropped] {
+        assert_eq!(span.trace_id, caller.trace_id, "{}", span.name);
+        assert_eq!(span.service, "otlp-test");
+    }
+    assert_eq!(task.parent_span_id, caller.span_id);
+    assert_eq!(run.parent_span_id, task.span_id);
+    assert_eq!(user.parent_span_id, run.span_id);
+    assert_eq!(dropped.parent_span_id, caller.span_id);
+    assert_eq!(task.attr("bg.task.outcome"), Some("ok"));
+    assert_eq!(task.attr("bg.pool.name"), Some("mail"));
+    assert!(task.attr("bg.task.wait_ms").is_some());
+    assert!(task.start_ns <= run.start_ns && task.end_ns >= run.end_ns);
+    assert_eq!(dropped.attr("bg.task.outcome"), Some("dropped"));
+    assert_eq!(dropped.attr("bg.drop.reason"), Some("queue_full"));
+    assert_eq!(dropped.status_code, 2);
+
+    let points = receiver
+        .wait_until("every bg metric", Duration::from_secs(20), |r| {
+            let points = r.points();
+            METRICS
+                .iter()
+                .all(|m| points.iter().any(|p| p.metric == m.name))
+                .then_some(points)
+        })
+        .await;
+    for def in METRICS {
+        let point = points.iter().find(|p| p.metric == def.name).unwrap();
+        assert_eq!(point.unit, def.unit, "{}", def.name);
+        let mut keys: Vec<&str> = point.attributes.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        let mut expected = def.attributes.to_vec();
+        expected.sort_unstable();
+        assert_eq!(keys, expected, "{}", def.name);
+    }
+    let spawned = points
+        .iter()
+        .rfind(|p| {
+            p.metric == "bg.task.spawned" && p.attr("bg.task.name") == Some("send_receipt_email")
+        })
+        .unwrap();
+    assert_eq!((spawned.kind, spawned.value), ("monotonic_sum", 1.0));
+    let dropped = points
+        .iter()
+        .rfind(|p| p.metric == "bg.task.dropped")
+        .unwrap();
+    assert_eq!(dropped.attr("bg.drop.reason"), Some("queue_full"));
+    assert_eq!(dropped.value, 1.0);
+    let duration = points
+        .iter()
+        .rfind(|p| p.metric == "bg.task.duration")
+        .unwrap();
+    assert_eq!((duration.kind, duration.count), ("histogram", 1));
+    assert_eq!(duration.attr("bg.task.outcome"), Some("ok"));
+
+    drop(_guard);
+    providers.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn over_grpc() {
+    spans_and_metrics_arrive_over(Protocol::Grpc).await;
+}
+
+#[tokio::test]
+async fn over_http_protobuf() {
+    spans_and_metrics_arrive_over(Protocol::HttpProtobuf).await;
+}
