@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod otlp;
+pub mod process;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{KeyValue, Value};

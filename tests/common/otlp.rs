@@ -251,8 +251,15 @@ impl Receiver {
         let service2 = Grpc(store.clone());
         tokio::spawn(async move {
             tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(service))
-                .add_service(MetricsServiceServer::new(service2))
+                // Collectors compress by default (rotel: gzip).
+                .add_service(
+                    TraceServiceServer::new(service)
+                        .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+                )
+                .add_service(
+                    MetricsServiceServer::new(service2)
+                        .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+                )
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
                     grpc_listener,
                 ))
@@ -294,7 +301,8 @@ impl Receiver {
                         Err(_) => (axum::http::StatusCode::BAD_REQUEST, Vec::new()),
                     }
                 }),
-            );
+            )
+            .layer(tower_http::decompression::RequestDecompressionLayer::new());
         tokio::spawn(async move {
             axum::serve(http_listener, app).await.unwrap();
         });
