@@ -35,12 +35,19 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Checked even when the SDK is disabled: a typo should not wait until
+    // the day export is turned on.
+    let protocol = match telemetry::protocol_from_env() {
+        Ok(protocol) => protocol,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
     let providers = if telemetry::sdk_disabled() {
         Providers::default()
     } else {
-        match telemetry::protocol_from_env()
-            .and_then(|protocol| Providers::otlp(protocol, "bg-queue-demo"))
-        {
+        match Providers::otlp(protocol, "bg-queue-demo") {
             Ok(providers) => providers,
             Err(message) => {
                 eprintln!("error: {message}");

@@ -150,6 +150,33 @@ impl Proc {
         }
     }
 
+    /// Waits for the process to exit by itself within `limit` (killed and
+    /// failed otherwise); returns (status, stdout).
+    pub fn wait_exit(mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut stdout = String::new();
+                use std::io::Read as _;
+                self.child
+                    .stdout
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut stdout)
+                    .unwrap();
+                return (status, stdout);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} did not exit within {limit:?}; stderr:\n{}",
+                self.name,
+                self.stderr().join("\n")
+            );
+            // No exit event to wait on for a child without a pidfd.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits for a normal exit (e.g. the load generator); returns stdout.
     pub fn wait_output(mut self) -> (std::process::ExitStatus, String) {
         let status = self.child.wait().unwrap();

@@ -1,0 +1,250 @@
+//! The demo's router without a server (`oneshot`), its configuration, and a
+//! property test over hostile webhook bodies.
+
+mod common;
+#[path = "../examples/support/demo.rs"]
+mod demo;
+
+use std::process::Command;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use demo::{AppState, Config};
+use http_body_util::BodyExt as _;
+use proptest::prelude::*;
+use tower::ServiceExt as _;
+
+fn state(capacity: usize) -> AppState {
+    AppState {
+        bg: bg_queue::Builder::new("demo-test")
+            .capacity(capacity)
+            .parallelism(1)
+            .build()
+            .unwrap(),
+        email_delay: Duration::ZERO,
+        failure_rate: 0.0,
+    }
+}
+
+async fn post(state: &AppState, body: impl Into<Body>) -> (StatusCode, serde_json::Value) {
+    let app = demo::router(state.clone(), "http://jaeger.test:16686");
+    let response = app
+        .oneshot(
+            Request::post("/webhooks/stripe")
+                .header("content-type", "application/json")
+                .body(body.into())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+#[tokio::test]
+async fn a_checkout_event_enqueues_both_tasks() {
+    let state = state(16);
+    let (status, body) = post(&state, demo::checkout_event(1).to_string()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body["enqueued"],
+        serde_json::json!(["send_receipt_email", "subscribe_mailing_list"])
+    );
+    state.bg.idle().await;
+    let snapshot = state.bg.snapshot();
+    assert_eq!((snapshot.spawned, snapshot.completed), (2, 2));
+}
+
+#[tokio::test]
+async fn malformed_json_is_a_400_with_a_message_and_enqueues_nothing() {
+    let state = state(16);
+    for body in [
+        "{",
+        "",
+        "[]",
+        "null",
+        r#"{"id": 5, "type": "x", "data": {}}"#,
+    ] {
+        let (status, json) = post(&state, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body:?}");
+        assert!(
+            json["error"].as_str().unwrap().starts_with("malformed"),
+            "{json}"
+        );
+    }
+    let wrong_types = serde_json::json!({
+        "id": "evt", "type": "checkout.session.completed",
+        "data": {"object": {"id": "cs", "customer_email": "a@b.c", "amount_total": "many"}}
+    });
+    assert_eq!(
+        post(&state, wrong_types.to_string()).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    let no_email = serde_json::json!({
+        "id": "evt", "type": "checkout.session.completed", "data": {"object": {"id": "cs"}}
+    });
+    let (status, json) = post(&state, no_email.to_string()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(json["error"].as_str().unwrap().contains("email"));
+    assert_eq!(state.bg.snapshot().spawned + state.bg.snapshot().dropped, 0);
+}
+
+#[tokio::test]
+async fn a_body_over_64_kib_is_a_413() {
+    let state = state(16);
+    let mut event = demo::checkout_event(1);
+    event["padding"] = serde_json::Value::String("x".repeat(demo::MAX_BODY_BYTES));
+    let (status, _) = post(&state, event.to_string()).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(state.bg.snapshot().spawned, 0);
+}
+
+#[tokio::test]
+async fn an_unknown_event_type_is_acknowledged_and_ignored() {
+    let state = state(16);
+    let event = serde_json::json!({"id": "evt_2", "type": "invoice.paid", "data": {"object": {}}});
+    let (status, body) = post(&state, event.to_string()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["ignored"], "invoice.paid");
+    assert_eq!(state.bg.snapshot().spawned, 0);
+}
+
+#[tokio::test]
+async fn drops_are_reported_in_the_response() {
+    let state = state(1);
+    // Capacity 1, runner not started yet: the second task is dropped.
+    let (status, body) = post(&state, demo::checkout_event(1).to_string()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["enqueued"], serde_json::json!(["send_receipt_email"]));
+    assert_eq!(body["dropped"][0]["reason"], "queue_full");
+    assert_eq!(state.bg.snapshot().dropped_by_reason.queue_full, 1);
+}
+
+#[tokio::test]
+async fn healthz_and_debug_routes_are_served() {
+    let state = state(16);
+    for (path, status) in [
+        ("/healthz", StatusCode::OK),
+        ("/debug/bg", StatusCode::OK),
+        ("/debug/bg.json", StatusCode::OK),
+        ("/nope", StatusCode::NOT_FOUND),
+    ] {
+        let app = demo::router(state.clone(), "http://jaeger.test:16686");
+        let response = app
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{path}");
+    }
+}
+
+#[test]
+fn configuration_defaults_and_errors_name_the_variable() {
+    let config = Config::from_lookup(|_| None).unwrap();
+    assert_eq!(config.listen.to_string(), "127.0.0.1:3000");
+    assert_eq!((config.capacity, config.parallelism), (1024, 8));
+    let cases = [
+        ("BG_CAPACITY", "0"),
+        ("BG_CAPACITY", "lots"),
+        ("BG_PARALLELISM", "-1"),
+        ("BG_SHUTDOWN_GRACE_SECS", "soon"),
+        ("DEMO_EMAIL_DELAY_MS", "1.5"),
+        ("DEMO_FAILURE_RATE", "2"),
+        ("LISTEN_ADDR", "localhost"),
+        ("JAEGER_UI_URL", "jaeger:16686"),
+    ];
+    for (name, value) in cases {
+        let error = Config::from_lookup(|key| (key == name).then(|| value.to_owned())).unwrap_err();
+        assert!(error.starts_with(&format!("{name}: ")), "{error}");
+        assert!(error.contains(value), "{error}");
+        assert!(!error.contains('\n'));
+    }
+}
+
+#[test]
+fn the_built_demo_exits_non_zero_on_bad_settings_before_binding() {
+    let demo = common::process::example("webhook");
+    for (name, value) in [
+        ("BG_CAPACITY", "0"),
+        ("LISTEN_ADDR", "nowhere"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon"),
+    ] {
+        let proc = common::process::Proc::spawn(
+            "demo",
+            Command::new(&demo)
+                .env(name, value)
+                .env("OTEL_SDK_DISABLED", "true"),
+        );
+        let line = proc.wait_for_line("error:", Duration::from_secs(20));
+        assert!(line.starts_with(&format!("error: {name}: ")), "{line}");
+        let (status, _) = proc.wait_exit(Duration::from_secs(20));
+        assert_eq!(status.code(), Some(2), "{name}={value}");
+    }
+}
+
+/// Arbitrary JSON-ish values, including deep nesting and huge numbers.
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::Bool),
+        any::<i64>().prop_map(|n| serde_json::json!(n)),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| serde_json::json!(f)),
+        "[a-z@.]{0,12}".prop_map(serde_json::Value::String),
+    ];
+    leaf.prop_recursive(6, 64, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
+            prop::collection::btree_map("[a-z_]{1,16}", inner, 0..6)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn hostile_body() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        // Random bytes.
+        prop::collection::vec(any::<u8>(), 0..512),
+        // Random JSON in the event's place, and in the session's place.
+        json_value().prop_map(|v| v.to_string().into_bytes()),
+        json_value().prop_map(|object| serde_json::json!({
+            "id": "evt", "type": "checkout.session.completed", "data": {"object": object}
+        }).to_string().into_bytes()),
+        // Deep nesting past serde_json's recursion limit.
+        (100usize..3000).prop_map(|depth| format!("{}{}", "[".repeat(depth), "]".repeat(depth)).into_bytes()),
+        // Numbers far beyond i64.
+        "[0-9]{20,400}".prop_map(|digits| format!(
+            r#"{{"id":"e","type":"checkout.session.completed","data":{{"object":{{"id":"c","customer_email":"a@b.c","amount_total":{digits}}}}}}}"#
+        ).into_bytes()),
+        // Oversized.
+        (65_537usize..70_000).prop_map(|n| vec![b' '; n]),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, .. ProptestConfig::default() })]
+
+    #[test]
+    fn hostile_bodies_get_a_4xx_never_a_5xx_and_enqueue_nothing_when_invalid(body in hostile_body()) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (status, accepted) = runtime.block_on(async {
+            let state = state(16);
+            let (status, _) = post(&state, body.clone()).await;
+            let snapshot = state.bg.snapshot();
+            (status, snapshot.spawned + snapshot.dropped)
+        });
+        prop_assert!(!status.is_server_error(), "{status} for {:?}", String::from_utf8_lossy(&body));
+        if status.is_success() {
+            // Only a valid checkout session enqueues, and always two tasks;
+            // anything else that succeeds is an ignored event type.
+            prop_assert!(accepted == 2 || accepted == 0);
+        } else {
+            prop_assert!(status.is_client_error());
+            prop_assert_eq!(accepted, 0);
+        }
+    }
+}
