@@ -313,38 +313,46 @@ fn trace_link(jaeger: &str, trace_id: Option<&str>) -> Markup {
     }
 }
 
-/// Depth per second as an inline SVG polyline, scaled to the capacity.
+/// Depth per second over the last five minutes as an inline SVG polyline
+/// (seconds before the pool existed count as 0), with a dashed line at the
+/// capacity when the peak comes near it.
 fn depth_chart(samples: &[u32], capacity: usize) -> Markup {
     const WIDTH: f64 = 600.0;
-    const HEIGHT: f64 = 60.0;
-    let top = samples
-        .iter()
-        .copied()
-        .max()
-        .unwrap_or(0)
-        .max(1)
-        .min(u32::try_from(capacity).unwrap_or(u32::MAX)) as f64;
-    let step = if samples.len() > 1 {
-        WIDTH / (samples.len() - 1) as f64
+    const HEIGHT: f64 = 64.0;
+    let window = crate::stats::DEPTH_HISTORY_SECS;
+    let padded: Vec<u32> = std::iter::repeat_n(0, window.saturating_sub(samples.len()))
+        .chain(samples.iter().copied())
+        .collect();
+    let peak = padded.iter().copied().max().unwrap_or(0);
+    let capacity = u32::try_from(capacity).unwrap_or(u32::MAX);
+    // Scale to the peak, or to the capacity once the peak nears it.
+    let top = if peak * 5 >= capacity * 4 {
+        capacity
     } else {
-        WIDTH
-    };
-    let points: String = samples
+        peak.max(1)
+    } as f64;
+    let step = WIDTH / (padded.len().max(2) - 1) as f64;
+    let y = |depth: u32| HEIGHT - 1.0 - (f64::from(depth).min(top) / top) * (HEIGHT - 4.0);
+    let points: String = padded
         .iter()
         .enumerate()
-        .map(|(i, depth)| {
-            let y = HEIGHT - (f64::from(*depth).min(top) / top) * (HEIGHT - 2.0);
-            format!("{:.1},{:.1} ", i as f64 * step, y)
-        })
+        .map(|(i, depth)| format!("{:.1},{:.1} ", i as f64 * step, y(*depth)))
         .collect();
-    let minutes = samples.len() as f64 / 60.0;
+    let now = padded.last().copied().unwrap_or(0);
     html! {
         figure style="margin:.4em 0" {
             svg width=(WIDTH) height=(HEIGHT) viewBox=(format!("0 0 {WIDTH} {HEIGHT}")) role="img"
-                aria-label="queue depth over the last minutes" {
+                aria-label=(format!("queue depth over the last 5 minutes, now {now}, peak {peak}")) {
+                @if top as u32 == capacity {
+                    line x1="0" x2=(WIDTH) y1=(y(capacity)) y2=(y(capacity)) stroke="#d92d20" stroke-dasharray="4 3" {}
+                }
                 polyline fill="none" stroke="#2e90fa" stroke-width="1.5" points=(points) {}
             }
-            figcaption.muted { (format!("queue depth, last {minutes:.1} min (peak scale {top})")) }
+            figcaption.muted {
+                "queue depth, last 5 min (now " (now) ", peak " (peak)
+                @if top as u32 == capacity { ", dashed line: capacity " (capacity) }
+                ")"
+            }
         }
     }
 }

@@ -1,0 +1,174 @@
+//! `/debug/bg` in a real browser: headless Chromium loads the page from a
+//! running server, shows the current depth, and shows the new depth after
+//! more tasks are queued, without a reload. Saves a screenshot to
+//! `test-artifacts/debug-page.png`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use bg_queue::{BackgroundTx, Builder, DebugPage};
+use tokio::sync::{mpsc, Semaphore};
+
+fn chromium() -> PathBuf {
+    let path = std::env::var_os("CHROMIUM")
+        .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
+    assert!(
+        path.exists(),
+        "{} is missing: `apt-get install chromium` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// Chromium with the flags this machine needs (no sandbox as root, no
+/// background networking: only loopback is reachable).
+fn headless(profile: &std::path::Path) -> Command {
+    let mut command = Command::new(chromium());
+    command.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+        "--hide-scrollbars",
+    ]);
+    command.arg(format!("--user-data-dir={}", profile.display()));
+    command
+}
+
+fn queue(bg: &BackgroundTx, n: usize) {
+    for _ in 0..n {
+        bg.spawn("send_receipt_email", async {});
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_renders_depth_and_updates_it_live() {
+    let bg = Builder::new("webhooks")
+        .capacity(100)
+        .parallelism(1)
+        .build()
+        .unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    let (started_tx, mut started_rx) = mpsc::unbounded_channel();
+    {
+        let gate = gate.clone();
+        bg.spawn("blocker", async move {
+            started_tx.send(()).unwrap();
+            let _ = gate.acquire().await;
+        });
+    }
+    started_rx.recv().await.unwrap();
+    queue(&bg, 3);
+
+    // The first refresh request from the page queues four more tasks: the
+    // depth changes only after the page has loaded.
+    let full_loads = Arc::new(AtomicUsize::new(0));
+    let refreshes = Arc::new(AtomicUsize::new(0));
+    let grown = Arc::new(AtomicBool::new(false));
+    let app = {
+        let (bg, full_loads, refreshes, grown) = (
+            bg.clone(),
+            full_loads.clone(),
+            refreshes.clone(),
+            grown.clone(),
+        );
+        DebugPage::new()
+            .pool(bg.clone())
+            .router()
+            .layer(axum::middleware::from_fn(
+                move |request: Request, next: Next| {
+                    let (bg, full_loads, refreshes, grown) = (
+                        bg.clone(),
+                        full_loads.clone(),
+                        refreshes.clone(),
+                        grown.clone(),
+                    );
+                    async move {
+                        let partial = request
+                            .uri()
+                            .query()
+                            .is_some_and(|q| q.contains("partial=1"));
+                        if partial {
+                            refreshes.fetch_add(1, Ordering::SeqCst);
+                            if !grown.swap(true, Ordering::SeqCst) {
+                                queue(&bg, 4);
+                            }
+                        } else if request.uri().path() == "/debug/bg" {
+                            full_loads.fetch_add(1, Ordering::SeqCst);
+                        }
+                        next.run(request).await
+                    }
+                },
+            ))
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/debug/bg", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let profile = std::env::temp_dir().join(format!("bgq-chromium-{}", std::process::id()));
+    let dom = {
+        let mut command = headless(&profile);
+        // Virtual time runs the page's 2 s refresh timer several times;
+        // it waits for the page's fetches to complete.
+        command.args(["--virtual-time-budget=9000", "--dump-dom", &url]);
+        tokio::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap()
+    };
+    let html = String::from_utf8_lossy(&dom.stdout).into_owned();
+    assert!(
+        dom.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    assert_eq!(
+        full_loads.load(Ordering::SeqCst),
+        1,
+        "the page was loaded once, not reloaded"
+    );
+    assert!(
+        refreshes.load(Ordering::SeqCst) >= 1,
+        "the page never refreshed itself"
+    );
+    assert!(
+        html.contains("queued 7 / 100"),
+        "new depth not shown live:\n{html}"
+    );
+    assert!(html.contains("running 1 / 1"));
+    assert!(
+        html.contains("<span id=\"stale\"></span>"),
+        "a refresh failed"
+    );
+
+    // A screenshot for people (and the README).
+    let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("debug-page.png");
+    let _ = std::fs::remove_file(&shot);
+    let mut command = headless(&profile);
+    command.args([
+        "--window-size=1280,1500",
+        "--virtual-time-budget=3000",
+        &format!("--screenshot={}", shot.display()),
+        &url,
+    ]);
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert!(output.status.success());
+    let png = std::fs::read(&shot).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(png.len() > 10_000, "screenshot is only {} bytes", png.len());
+
+    let _ = std::fs::remove_dir_all(&profile);
+    gate.add_permits(1);
+    bg.idle().await;
+}
