@@ -186,16 +186,30 @@ impl Providers {
     }
 }
 
+/// `service.name` (from `OTEL_SERVICE_NAME`, else `default_service`) and a
+/// `service.instance.id` unique to this process, so several instances stay
+/// distinct series behind the collector (Prometheus' `instance` label).
 fn resource(default_service: &str) -> Resource {
-    let builder = Resource::builder();
-    if std::env::var_os("OTEL_SERVICE_NAME").is_some() {
-        // The default detectors already read OTEL_SERVICE_NAME.
-        builder.build()
-    } else {
-        builder
-            .with_service_name(default_service.to_owned())
-            .build()
+    let mut builder = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        // Otherwise the default detectors already read OTEL_SERVICE_NAME.
+        builder = builder.with_service_name(default_service.to_owned());
     }
+    let has_instance = std::env::var("OTEL_RESOURCE_ATTRIBUTES")
+        .is_ok_and(|attributes| attributes.contains("service.instance.id="));
+    if !has_instance {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_owned());
+        builder = builder.with_attribute(opentelemetry::KeyValue::new(
+            "service.instance.id",
+            format!("{host}-{}", std::process::id()),
+        ));
+    }
+    builder.build()
 }
 
 /// What the OpenTelemetry layer sees: INFO and up, except the exporter's own
