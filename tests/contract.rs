@@ -1,0 +1,261 @@
+//! The metric contract across code, docs and the stack: every metric and
+//! label a dashboard or alert queries is one the crate emits (after the
+//! Prometheus translation), and the README (and DESIGN.md, where present)
+//! list exactly the metrics in `METRICS`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use bg_queue::{InstrumentKind, METRICS};
+
+/// Prometheus' OTLP translation of a unit into a name suffix (only the
+/// units this crate uses; `{...}` annotations are dropped).
+fn unit_suffix(unit: &str) -> &'static str {
+    match unit {
+        "s" => "_seconds",
+        u if u.starts_with('{') => "",
+        other => panic!("unit {other} has no translation here; add it"),
+    }
+}
+
+fn label(attribute: &str) -> String {
+    attribute.replace('.', "_")
+}
+
+/// Prometheus series names for each metric, with the labels they carry.
+fn translated() -> BTreeMap<String, BTreeSet<String>> {
+    let mut out = BTreeMap::new();
+    for def in METRICS {
+        let base = format!("{}{}", def.name.replace('.', "_"), unit_suffix(def.unit));
+        let labels: BTreeSet<String> = def.attributes.iter().map(|a| label(a)).collect();
+        let names = match def.kind {
+            InstrumentKind::Counter => vec![format!("{base}_total")],
+            InstrumentKind::Histogram => {
+                vec![
+                    format!("{base}_bucket"),
+                    format!("{base}_sum"),
+                    format!("{base}_count"),
+                ]
+            }
+            InstrumentKind::UpDownCounter | InstrumentKind::Gauge => vec![base],
+        };
+        for name in names {
+            out.insert(name, labels.clone());
+        }
+    }
+    out
+}
+
+/// Labels every series has behind the collector, or the query language adds.
+const COMMON_LABELS: &[&str] = &[
+    "job",
+    "instance",
+    "le",
+    "service_name",
+    "alertname",
+    "severity",
+];
+
+/// The collector's span metrics (from the crate's `bg.run` spans), with the
+/// dimensions `otel-collector.yaml` configures.
+fn span_metric_labels() -> BTreeSet<String> {
+    let config = std::fs::read_to_string(root().join("otel-collector.yaml")).unwrap();
+    let mut labels: BTreeSet<String> = ["span_name", "span_kind", "status_code"]
+        .map(String::from)
+        .into();
+    for line in config.lines() {
+        if let Some(name) = line.trim().strip_prefix("- name: ") {
+            labels.insert(label(name));
+        }
+    }
+    labels
+}
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn identifiers(text: &str) -> Vec<(usize, String)> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let starts = (text[i..].starts_with("bg_")
+            || text[i..].starts_with("traces_span_metrics_"))
+            && (i == 0
+                || !(bytes[i - 1].is_ascii_alphanumeric()
+                    || bytes[i - 1] == b'_'
+                    || bytes[i - 1] == b'.'));
+        if starts {
+            let end = text[i..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(text.len(), |n| i + n);
+            out.push((i, text[i..end].to_owned()));
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Label names inside `{...}` right after `metric`, if any.
+fn selector_labels(text: &str, after: usize) -> Vec<String> {
+    let rest = &text[after..];
+    if !rest.starts_with('{') {
+        return Vec::new();
+    }
+    let Some(end) = rest.find('}') else {
+        return Vec::new();
+    };
+    rest[1..end]
+        .split(',')
+        .filter_map(|matcher| {
+            let name = matcher.trim().split(['=', '!', '~']).next()?.trim();
+            (!name.is_empty()).then(|| name.to_owned())
+        })
+        .collect()
+}
+
+fn check_file(path: &str, seen_metrics: &mut BTreeSet<String>) {
+    let text = std::fs::read_to_string(root().join(path)).unwrap();
+    // JSON escapes quotes inside queries; undo that for selector parsing.
+    let text = text.replace("\\\"", "\"");
+    let metrics = translated();
+    let labels: BTreeSet<String> = METRICS
+        .iter()
+        .flat_map(|m| m.attributes.iter().map(|a| label(a)))
+        .collect();
+    let span_labels = span_metric_labels();
+    let mut checked = 0;
+    for (at, ident) in identifiers(&text) {
+        let after = at + ident.len();
+        if let Some(metric_labels) = metrics.get(&ident) {
+            seen_metrics.insert(ident.clone());
+            for used in selector_labels(&text, after) {
+                assert!(
+                    metric_labels.contains(&used) || COMMON_LABELS.contains(&used.as_str()),
+                    "{path}: {ident} has no label {used} (it has {metric_labels:?})"
+                );
+            }
+        } else if ident.starts_with("traces_span_metrics_") {
+            assert_eq!(
+                ident, "traces_span_metrics_duration_seconds_bucket",
+                "{path}: unknown span metric"
+            );
+            for used in selector_labels(&text, after) {
+                assert!(
+                    span_labels.contains(&used) || COMMON_LABELS.contains(&used.as_str()),
+                    "{path}: span metrics have no label {used}: add it to the collector's dimensions"
+                );
+            }
+        } else {
+            assert!(
+                labels.contains(&ident),
+                "{path}: {ident} is neither a metric the crate emits (after translation) nor one of its labels"
+            );
+        }
+        checked += 1;
+    }
+    assert!(
+        checked > 10,
+        "{path}: only {checked} identifiers found; is the scan broken?"
+    );
+}
+
+#[test]
+fn dashboards_and_alerts_query_only_what_the_crate_emits() {
+    let mut dashboard_metrics = BTreeSet::new();
+    check_file("dashboards/bg-queue.json", &mut dashboard_metrics);
+    let mut alert_metrics = BTreeSet::new();
+    check_file("dashboards/alerts.yaml", &mut alert_metrics);
+    check_file("dashboards/alerts.test.yaml", &mut BTreeSet::new());
+    // The dashboard shows every metric family the crate exports.
+    for def in METRICS {
+        let prefix = def.name.replace('.', "_");
+        assert!(
+            dashboard_metrics.iter().any(|m| m.starts_with(&prefix)),
+            "the dashboard never shows {}",
+            def.name
+        );
+    }
+    assert!(alert_metrics.len() >= 4, "{alert_metrics:?}");
+}
+
+#[test]
+fn the_translation_matches_the_design_examples() {
+    let metrics = translated();
+    for name in [
+        "bg_task_wait_seconds_bucket",
+        "bg_task_duration_seconds_bucket",
+        "bg_task_dropped_total",
+        "bg_queue_depth",
+        "bg_queue_oldest_age_seconds",
+    ] {
+        assert!(metrics.contains_key(name), "{name}");
+    }
+    assert!(metrics["bg_task_dropped_total"].contains("bg_drop_reason"));
+}
+
+/// `| \`bg.x\` | kind | unit | ...` rows of a markdown metrics table.
+fn markdown_metrics(text: &str) -> BTreeMap<String, (String, String)> {
+    text.lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let name = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+            let is_kind = ["Counter", "UpDownCounter", "Gauge", "Histogram"]
+                .iter()
+                .any(|kind| cells.get(2).is_some_and(|cell| cell.starts_with(kind)));
+            if !name.starts_with("bg.") || cells.len() < 5 || !is_kind {
+                return None;
+            }
+            let unit = cells[3].trim_matches('`').to_owned();
+            Some((name.to_owned(), (cells[2].to_owned(), unit)))
+        })
+        .collect()
+}
+
+fn kind_word(kind: InstrumentKind) -> &'static str {
+    match kind {
+        InstrumentKind::Counter => "Counter",
+        InstrumentKind::UpDownCounter => "UpDownCounter",
+        InstrumentKind::Gauge => "Gauge",
+        InstrumentKind::Histogram => "Histogram",
+    }
+}
+
+fn assert_table_matches(doc: &str, text: &str) {
+    let table = markdown_metrics(text);
+    let names: BTreeSet<&str> = table.keys().map(String::as_str).collect();
+    let code: BTreeSet<&str> = METRICS.iter().map(|m| m.name).collect();
+    assert_eq!(names, code, "{doc}'s metric table and METRICS disagree");
+    for def in METRICS {
+        let (kind, unit) = &table[def.name];
+        assert!(
+            kind.starts_with(kind_word(def.kind)),
+            "{doc}: {} is a {kind}, code says {:?}",
+            def.name,
+            def.kind
+        );
+        assert_eq!(unit, def.unit, "{doc}: unit of {}", def.name);
+    }
+}
+
+#[test]
+fn the_readme_lists_exactly_the_exported_metrics() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    assert_table_matches("README.md", &readme);
+}
+
+#[test]
+fn design_md_lists_exactly_the_exported_metrics_when_present() {
+    // shared/DESIGN.md sits beside the checkout (the project's contract).
+    let design = root().join("../shared/DESIGN.md");
+    match std::fs::read_to_string(&design) {
+        Ok(text) => assert_table_matches("DESIGN.md", &text),
+        Err(_) => eprintln!(
+            "{} not found; README check covers the table",
+            design.display()
+        ),
+    }
+}
