@@ -1,1 +1,213 @@
-fn main() {}
+//! bg-queue against the seed module (copied in `benches/support/seed.rs`)
+//! and raw `tokio::spawn`, on a 2-worker multi-thread runtime.
+//!
+//! Run with `cargo bench --bench throughput`; figures and ratios are in
+//! BENCHMARKS.md.
+
+#[path = "support/harness.rs"]
+mod harness;
+#[path = "support/seed.rs"]
+mod seed;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use harness::{Latch, Mode, Setup, Sixteen, CHUNK, TASKS};
+use tracing::Instrument as _;
+
+/// Submits `TASKS` tasks in bursts of `CHUNK`, waiting for each burst to
+/// finish, from a task on a worker (where request handlers run).
+fn drive(setup: &Setup, submit: Arc<dyn Fn(Sixteen) + Send + Sync>) {
+    setup.runtime.block_on(async {
+        tokio::spawn(async move {
+            let latch = Latch::new();
+            for chunk in 0..TASKS / CHUNK {
+                for _ in 0..CHUNK {
+                    submit(Sixteen {
+                        latch: latch.clone(),
+                        pad: 0,
+                    });
+                }
+                latch.wait_for((chunk + 1) * CHUNK).await;
+            }
+        })
+        .await
+        .unwrap();
+    });
+}
+
+fn throughput(c: &mut Criterion) {
+    for mode in [Mode::Off, Mode::Metrics, Mode::Full] {
+        let setup = Setup::new(mode);
+        let mut group = c.benchmark_group(format!("throughput_100k/{mode:?}"));
+        group.throughput(Throughput::Elements(TASKS as u64));
+        group.sample_size(10);
+        group.measurement_time(Duration::from_secs(8));
+
+        let seed_tx = setup.runtime.block_on(async { seed::spawn_pool() });
+        group.bench_function("seed", |b| {
+            let tx = seed_tx.clone();
+            b.iter(|| {
+                let tx = tx.clone();
+                drive(&setup, Arc::new(move |task| tx.spawn("noop", task)))
+            })
+        });
+        let pool = setup.pool(1024, 8);
+        group.bench_function("bg-queue", |b| {
+            b.iter(|| {
+                let pool = pool.clone();
+                drive(&setup, Arc::new(move |task| pool.spawn("noop", task)))
+            })
+        });
+        group.bench_function("tokio::spawn", |b| {
+            b.iter(|| {
+                drive(
+                    &setup,
+                    Arc::new(|task| {
+                        tokio::spawn(task);
+                    }),
+                )
+            })
+        });
+        group.finish();
+    }
+}
+
+/// Time spent in the submitting call only, for `iters` calls in bursts of
+/// 512 (the queue never fills), inside a `caller` span.
+fn caller_cost(setup: &Setup, iters: u64, submit: Arc<dyn Fn(Sixteen) + Send + Sync>) -> Duration {
+    setup.runtime.block_on(async {
+        tokio::spawn(
+            async move {
+                let latch = Latch::new();
+                let mut total = Duration::ZERO;
+                let mut submitted = 0usize;
+                let mut left = iters;
+                while left > 0 {
+                    let n = left.min(512);
+                    let start = Instant::now();
+                    for _ in 0..n {
+                        submit(Sixteen {
+                            latch: latch.clone(),
+                            pad: 0,
+                        });
+                    }
+                    total += start.elapsed();
+                    submitted += n as usize;
+                    latch.wait_for(submitted).await;
+                    left -= n;
+                }
+                total
+            }
+            .instrument(tracing::info_span!("caller")),
+        )
+        .await
+        .unwrap()
+    })
+}
+
+fn spawn_cost(c: &mut Criterion) {
+    let mut group = c.benchmark_group("spawn_cost");
+    group.sample_size(20);
+    for mode in [Mode::Off, Mode::Full] {
+        let setup = Setup::new(mode);
+        let seed_tx = setup.runtime.block_on(async { seed::spawn_pool() });
+        group.bench_function(BenchmarkId::new("seed", format!("{mode:?}")), |b| {
+            let tx = seed_tx.clone();
+            b.iter_custom(|iters| {
+                let tx = tx.clone();
+                caller_cost(&setup, iters, Arc::new(move |task| tx.spawn("noop", task)))
+            })
+        });
+        let pool = setup.pool(1024, 8);
+        group.bench_function(BenchmarkId::new("bg-queue", format!("{mode:?}")), |b| {
+            b.iter_custom(|iters| {
+                let pool = pool.clone();
+                caller_cost(
+                    &setup,
+                    iters,
+                    Arc::new(move |task| pool.spawn("noop", task)),
+                )
+            })
+        });
+        group.bench_function(BenchmarkId::new("tokio::spawn", format!("{mode:?}")), |b| {
+            b.iter_custom(|iters| {
+                caller_cost(
+                    &setup,
+                    iters,
+                    Arc::new(|task| {
+                        tokio::spawn(task);
+                    }),
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+/// The drop path: 8 runners blocked forever and the queue full, so every
+/// call is refused. Measured on a worker, where the subscriber is.
+fn drop_path(c: &mut Criterion) {
+    let mut group = c.benchmark_group("drop_path");
+    group.sample_size(20);
+    for mode in [Mode::Off, Mode::FmtSink] {
+        let setup = Setup::new(mode);
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let blocked = |gate: &Arc<tokio::sync::Semaphore>| {
+            let gate = gate.clone();
+            async move {
+                let _ = gate.acquire().await;
+            }
+        };
+        // Silence the set-up's own drop logs while filling.
+        let seed_tx = setup.runtime.block_on(async { seed::spawn_pool() });
+        let pool = setup.pool(1024, 8);
+        setup.runtime.block_on(async {
+            for _ in 0..8 + 1024 + 8 {
+                seed_tx.spawn("blocker", blocked(&gate));
+                pool.spawn("blocker", blocked(&gate));
+            }
+            // Let the seed's drainer take its 8 permits and fill up.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for _ in 0..2048 {
+                seed_tx.spawn("blocker", blocked(&gate));
+                pool.spawn("blocker", blocked(&gate));
+            }
+        });
+        assert_eq!(pool.snapshot().queued, 1024);
+        let measure = |submit: Arc<dyn Fn() + Send + Sync>, iters: u64| {
+            setup.runtime.block_on(async move {
+                tokio::spawn(async move {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        submit();
+                    }
+                    start.elapsed()
+                })
+                .await
+                .unwrap()
+            })
+        };
+        group.bench_function(BenchmarkId::new("seed", format!("{mode:?}")), |b| {
+            let tx = seed_tx.clone();
+            b.iter_custom(|iters| {
+                let tx = tx.clone();
+                measure(Arc::new(move || tx.spawn("dropped", async {})), iters)
+            })
+        });
+        group.bench_function(BenchmarkId::new("bg-queue", format!("{mode:?}")), |b| {
+            let pool = pool.clone();
+            b.iter_custom(|iters| {
+                let pool = pool.clone();
+                measure(Arc::new(move || pool.spawn("dropped", async {})), iters)
+            })
+        });
+        gate.add_permits(1 << 20);
+        drop(setup);
+    }
+    group.finish();
+}
+
+criterion_group!(benches, throughput, spawn_cost, drop_path);
+criterion_main!(benches);

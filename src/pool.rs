@@ -231,7 +231,8 @@ impl Builder {
             timeout: self.timeout,
             telemetry: Telemetry::new(self.propagation, tracer, &meter),
             state: Mutex::new(State {
-                queue: VecDeque::with_capacity(self.capacity.min(DEFAULT_CAPACITY)),
+                // Grows on demand: an idle pool holds no queue storage.
+                queue: VecDeque::new(),
                 tasks: Vec::new(),
                 runners: Vec::with_capacity(self.parallelism),
                 next_runner_id: 0,

@@ -1,0 +1,190 @@
+//! Shared benchmark set-up: runtimes, telemetry modes with no-op exporters,
+//! and a completion latch.
+#![allow(dead_code, unreachable_pub, missing_debug_implementations)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use tokio::sync::Notify;
+use tracing_subscriber::layer::SubscriberExt as _;
+
+/// Tasks per throughput iteration, and the burst size (below the seed's
+/// capacity of 1024, so no design drops anything).
+pub const TASKS: usize = 100_000;
+pub const CHUNK: usize = 1_000;
+
+/// A metric exporter that discards everything.
+#[derive(Debug)]
+pub struct NoopMetrics;
+
+impl PushMetricExporter for NoopMetrics {
+    async fn export(&self, _metrics: &ResourceMetrics) -> OTelSdkResult {
+        Ok(())
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+    fn temporality(&self) -> Temporality {
+        Temporality::Cumulative
+    }
+}
+
+/// A span exporter that discards everything.
+#[derive(Debug)]
+pub struct NoopSpans;
+
+impl SpanExporter for NoopSpans {
+    async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// What is switched on for a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// No subscriber, no meter provider.
+    Off,
+    /// SDK meter provider with a periodic reader and a no-op exporter.
+    Metrics,
+    /// Metrics plus `tracing-opentelemetry` with a batch span processor to
+    /// a no-op exporter.
+    Full,
+    /// Only a `fmt` subscriber writing to a sink (for the drop path).
+    FmtSink,
+}
+
+/// A 2-worker runtime with `mode`'s telemetry, and what the pools need.
+pub struct Setup {
+    pub runtime: tokio::runtime::Runtime,
+    pub meter: Option<SdkMeterProvider>,
+    pub tracer: Option<SdkTracerProvider>,
+    pub dispatch: Option<tracing::Dispatch>,
+}
+
+impl Setup {
+    pub fn new(mode: Mode) -> Self {
+        let meter = matches!(mode, Mode::Metrics | Mode::Full).then(|| {
+            SdkMeterProvider::builder()
+                .with_reader(
+                    PeriodicReader::builder(NoopMetrics)
+                        .with_interval(Duration::from_secs(1))
+                        .build(),
+                )
+                .build()
+        });
+        let tracer = (mode == Mode::Full).then(|| {
+            SdkTracerProvider::builder()
+                .with_batch_exporter(NoopSpans)
+                .build()
+        });
+        let dispatch = match (&tracer, mode) {
+            (Some(provider), _) => Some(tracing::Dispatch::new(
+                tracing_subscriber::registry()
+                    .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench"))),
+            )),
+            (None, Mode::FmtSink) => Some(tracing::Dispatch::new(
+                tracing_subscriber::fmt()
+                    .with_writer(std::io::sink)
+                    .finish(),
+            )),
+            _ => None,
+        };
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(2).enable_all();
+        if let Some(dispatch) = dispatch.clone() {
+            // Every worker gets the subscriber as its default.
+            builder.on_thread_start(move || {
+                std::mem::forget(tracing::dispatcher::set_default(&dispatch));
+            });
+        }
+        let runtime = builder.build().unwrap();
+        Setup {
+            runtime,
+            meter,
+            tracer,
+            dispatch,
+        }
+    }
+
+    /// A bg-queue pool with the seed's defaults and this setup's telemetry.
+    pub fn pool(&self, capacity: usize, parallelism: usize) -> bg_queue::BackgroundTx {
+        let mut builder = bg_queue::Builder::new("bench")
+            .capacity(capacity)
+            .parallelism(parallelism)
+            .runtime(self.runtime.handle().clone());
+        if let Some(meter) = &self.meter {
+            builder = builder.meter(meter.meter("bg-queue"));
+        }
+        if let Some(tracer) = &self.tracer {
+            builder = builder.tracer(tracer.tracer("bg-queue"));
+        }
+        builder.build().unwrap()
+    }
+
+    /// Runs `f` with this setup's subscriber as the thread's default.
+    pub fn with_subscriber<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.dispatch {
+            Some(dispatch) => tracing::dispatcher::with_default(dispatch, f),
+            None => f(),
+        }
+    }
+}
+
+/// Counts finished tasks and wakes the producer when a target is reached.
+#[derive(Default)]
+pub struct Latch {
+    done: AtomicUsize,
+    target: AtomicUsize,
+    reached: Notify,
+}
+
+impl Latch {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Latch::default())
+    }
+
+    pub fn finish_one(&self) {
+        let done = self.done.fetch_add(1, Ordering::AcqRel) + 1;
+        if done == self.target.load(Ordering::Acquire) {
+            self.reached.notify_one();
+        }
+    }
+
+    /// Waits until `target` tasks in all have finished.
+    pub async fn wait_for(&self, target: usize) {
+        self.target.store(target, Ordering::Release);
+        while self.done.load(Ordering::Acquire) < target {
+            // notify_one stores a permit, so a finish between the check and
+            // the await is not lost.
+            self.reached.notified().await;
+        }
+    }
+}
+
+/// A future of exactly 16 bytes that completes when polled.
+pub struct Sixteen {
+    pub latch: Arc<Latch>,
+    pub pad: u64,
+}
+
+impl std::future::Future for Sixteen {
+    type Output = ();
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        self.latch.finish_one();
+        std::task::Poll::Ready(())
+    }
+}
