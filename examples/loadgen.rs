@@ -11,8 +11,9 @@
 //! Flags (or environment): `--target URL` (`LOADGEN_TARGET`, default
 //! `http://127.0.0.1:3000`), `--rate N` per second (`LOADGEN_RATE`, default
 //! 5), `--count N` requests then stop (`LOADGEN_COUNT`, default: until
-//! ctrl-c), `--traceparent` (`LOADGEN_TRACEPARENT=1`). The summary is one
-//! JSON line on stdout: `sent`, `ok`, `errors`, `enqueued`, `dropped`.
+//! ctrl-c or SIGTERM), `--traceparent` (`LOADGEN_TRACEPARENT=1`). The summary
+//! is one JSON line on stdout: `sent`, `ok`, `errors`, `enqueued`, `dropped`
+//! and request `latency_ms` (`p50`, `p99`, `max`).
 
 #[path = "support/demo.rs"]
 mod demo;
@@ -82,6 +83,20 @@ struct Tally {
     errors: u64,
     enqueued: u64,
     dropped: u64,
+    /// Request latencies in microseconds (successful requests).
+    latencies_us: Vec<u64>,
+}
+
+impl Tally {
+    fn percentile_ms(&mut self, quantile: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        self.latencies_us.sort_unstable();
+        let rank = ((quantile * self.latencies_us.len() as f64).ceil() as usize)
+            .clamp(1, self.latencies_us.len());
+        self.latencies_us[rank - 1] as f64 / 1000.0
+    }
 }
 
 #[tokio::main]
@@ -103,7 +118,7 @@ async fn main() -> ExitCode {
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut tally = Tally::default();
     let mut in_flight = 0u64;
-    let stop = tokio::signal::ctrl_c();
+    let stop = stop_signal();
     tokio::pin!(stop);
     loop {
         if args.count.is_some_and(|count| tally.sent >= count) {
@@ -124,10 +139,13 @@ async fn main() -> ExitCode {
         }
         let done_tx = done_tx.clone();
         tokio::spawn(async move {
+            let started = std::time::Instant::now();
             let outcome = match request.send().await {
-                Ok(response) if response.status().is_success() => {
-                    response.json::<serde_json::Value>().await.ok()
-                }
+                Ok(response) if response.status().is_success() => response
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()
+                    .map(|body| (body, started.elapsed())),
                 _ => None,
             };
             let _ = done_tx.send(outcome);
@@ -144,23 +162,42 @@ async fn main() -> ExitCode {
         in_flight -= 1;
         record(&mut tally, outcome);
     }
+    let (p50, p99) = (tally.percentile_ms(0.50), tally.percentile_ms(0.99));
+    let max = tally.percentile_ms(1.0);
     println!(
         "{}",
         serde_json::json!({
             "sent": tally.sent, "ok": tally.ok, "errors": tally.errors,
             "enqueued": tally.enqueued, "dropped": tally.dropped,
+            "latency_ms": {"p50": p50, "p99": p99, "max": max},
         })
     );
     ExitCode::SUCCESS
 }
 
-fn record(tally: &mut Tally, outcome: Option<serde_json::Value>) {
-    let Some(body) = outcome else {
+fn record(tally: &mut Tally, outcome: Option<(serde_json::Value, Duration)>) {
+    let Some((body, latency)) = outcome else {
         tally.errors += 1;
         return;
     };
     tally.ok += 1;
+    tally.latencies_us.push(latency.as_micros() as u64);
     let len = |key: &str| body[key].as_array().map_or(0, |a| a.len() as u64);
     tally.enqueued += len("enqueued");
     tally.dropped += len("dropped");
+}
+
+/// Ctrl-c or SIGTERM: stop sending, wait for answers, print the summary.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler installs");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }
