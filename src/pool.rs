@@ -18,6 +18,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
@@ -31,12 +32,10 @@ use tokio::task::AbortHandle;
 use tracing::Instrument;
 
 use crate::report::ShutdownReport;
-use crate::stats::{
-    rfc3339, DepthHistory, DroppedTask, PoolSnapshot, Ring, SlowTask, Slowest, TaskStats,
-};
+use crate::stats::{DepthHistory, DropRecord, PoolSnapshot, Ring, SlowRecord, Slowest, TaskStats};
 use crate::task::{BoxTask, CatchPanic, Envelope, Outcome, RunEnd, TaskOutput};
 use crate::telemetry::{self, names, Propagation, TaskAttributes, Telemetry};
-use crate::{BuildError, DropReason, SpawnError};
+use crate::{BuildError, SpawnError};
 
 /// Default queue capacity (the seed's `CAPACITY`).
 pub const DEFAULT_CAPACITY: usize = 1024;
@@ -247,6 +246,7 @@ impl Builder {
                 depth_history: DepthHistory::new(now),
                 next_drop_log: now,
             }),
+            room_hint: AtomicBool::new(runtime.is_some()),
             runtime,
             idle: Notify::new(),
         });
@@ -302,7 +302,7 @@ pub(crate) struct State {
     next_runner_id: u64,
     running: usize,
     phase: Phase,
-    recent_drops: Ring<DroppedTask>,
+    recent_drops: Ring<DropRecord>,
     slowest: Slowest,
     depth_history: DepthHistory,
     next_drop_log: Instant,
@@ -378,6 +378,11 @@ pub(crate) struct Pool {
     runtime: Option<Handle>,
     /// Notified when a runner exits (the pool may have become idle).
     idle: Notify,
+    /// "Open with room in the queue", as of the last change under the lock.
+    /// Only a hint (read without the lock) to box the task before taking
+    /// the lock, or not at all on the drop path; decisions are made under
+    /// the lock, so a stale hint costs an allocation, never a wrong answer.
+    room_hint: AtomicBool,
 }
 
 impl Pool {
@@ -392,6 +397,14 @@ impl Pool {
 
     pub(crate) fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Refreshes [`Pool::room_hint`]; call under the lock after the queue
+    /// length or the phase changed.
+    fn sync_room_hint(&self, state: &State) {
+        let room = state.phase == Phase::Open && state.queue.len() < self.capacity;
+        // Relaxed: the hint orders nothing; the lock does.
+        self.room_hint.store(room, Ordering::Relaxed);
     }
 
     pub(crate) fn parallelism(&self) -> usize {
@@ -433,6 +446,14 @@ impl Pool {
     ) -> Result<(), SpawnError> {
         let parent = self.telemetry.capture_parent();
         let now = Instant::now();
+        // Box before taking the lock (shorter critical section), unless the
+        // queue looked full: the drop path then allocates nothing.
+        let mut make_future = Some(make_future);
+        let mut boxed = if self.room_hint.load(Ordering::Relaxed) {
+            make_future.take().map(|make| make())
+        } else {
+            None
+        };
         let mut state = self.lock();
         let index = state.task_index(&self.name, name, now);
         let refused = match state.phase {
@@ -442,26 +463,49 @@ impl Pool {
             Phase::NoRuntime => Some(SpawnError::NoRuntime),
         };
         if let Some(error) = refused {
+            // Everything a drop records happens under this one lock, with
+            // raw values (formatting waits for a snapshot).
             let reason = error.reason();
             let depth = state.queue.len();
             state.tasks[index].1.dropped[reason.index()] += 1;
+            state.recent_drops.push(DropRecord {
+                at: SystemTime::now(),
+                task: name,
+                reason,
+                trace_id: telemetry::trace_id_of(&parent),
+            });
             let summary = state.drop_summary_due(now);
+            let attrs = Arc::clone(&state.tasks[index].0);
             drop(state);
-            self.record_drop(name, reason, depth, &parent, summary);
+            drop(boxed.take());
+            self.telemetry.drop_span(&attrs, &parent, reason, depth);
+            if let Some(summary) = summary {
+                tracing::warn!(
+                    target: "bg_queue",
+                    pool = %self.name,
+                    last_reason = reason.as_str(),
+                    "background tasks dropped since the last summary: {summary}"
+                );
+            }
             return Err(error);
         }
         let depth = state.queue.len() + 1;
         let stats = &mut state.tasks[index].1;
         stats.spawned += 1;
         stats.queued += 1;
+        // The hint was stale (room appeared): box under the lock, rarely.
+        let future = boxed
+            .take()
+            .unwrap_or_else(|| (make_future.take().expect("unused when boxed"))());
         state.queue.push_back(Envelope {
-            future: make_future(),
+            future,
             task_index: index as u32,
             depth_at_enqueue: u32::try_from(depth).unwrap_or(u32::MAX),
             enqueued_at: now,
             parent,
         });
         state.depth_history.record(depth, now);
+        self.sync_room_hint(&state);
         let runner = (state.runners.len() < self.parallelism).then(|| {
             let id = state.next_runner_id;
             state.next_runner_id += 1;
@@ -473,35 +517,6 @@ impl Pool {
             self.start_runner(id);
         }
         Ok(())
-    }
-
-    /// Off the lock: the drop span, the ring entry and the log summary.
-    fn record_drop(
-        &self,
-        name: &'static str,
-        reason: DropReason,
-        depth: usize,
-        parent: &opentelemetry::Context,
-        summary: Option<String>,
-    ) {
-        let trace_id = self
-            .telemetry
-            .drop_span(&self.name, name, parent, reason, depth);
-        let entry = DroppedTask {
-            at: rfc3339(SystemTime::now()),
-            task: name,
-            reason: reason.as_str(),
-            trace_id,
-        };
-        self.lock().recent_drops.push(entry);
-        if let Some(summary) = summary {
-            tracing::warn!(
-                target: "bg_queue",
-                pool = %self.name,
-                last_reason = reason.as_str(),
-                "background tasks dropped since the last summary: {summary}"
-            );
-        }
     }
 
     fn start_runner(self: &Arc<Self>, id: u64) {
@@ -565,7 +580,12 @@ impl Pool {
             timed_out: sum(|t| t.timed_out),
             abandoned: sum(|t| t.abandoned),
             accepting: state.phase == Phase::Open,
-            recent_drops: state.recent_drops.to_vec(),
+            recent_drops: state
+                .recent_drops
+                .to_vec()
+                .into_iter()
+                .map(DropRecord::to_public)
+                .collect(),
             slowest: state.slowest.to_vec(),
             depth_history: state.depth_history.samples(now),
             tasks,
@@ -614,6 +634,7 @@ impl Drop for RunnerGuard {
         if runtime_gone {
             state.phase = Phase::NoRuntime;
             abandoned_names.extend(state.abandon_queued());
+            pool.sync_room_hint(&state);
         }
         drop(state);
         pool.idle.notify_waiters();
@@ -646,7 +667,13 @@ pub(crate) fn format_counts(counts: &[(&'static str, u64)]) -> String {
 
 async fn run_loop(mut guard: RunnerGuard) {
     let pool = Arc::clone(&guard.pool);
-    let mut previous: Option<(usize, Outcome, Duration, Duration, Option<String>)> = None;
+    let mut previous: Option<(
+        usize,
+        Outcome,
+        Duration,
+        Duration,
+        Option<opentelemetry::trace::TraceId>,
+    )> = None;
     loop {
         // One lock per task: record the previous task's end, pop the next.
         let next = {
@@ -661,8 +688,8 @@ async fn run_loop(mut guard: RunnerGuard) {
                 stats.wait.record(wait, now);
                 let run_ms = run.as_secs_f64() * 1000.0;
                 if state.slowest.qualifies(run_ms) {
-                    let entry = SlowTask {
-                        at: rfc3339(SystemTime::now()),
+                    let entry = SlowRecord {
+                        at: SystemTime::now(),
                         task: state.tasks[index].1.name,
                         outcome: outcome.as_str(),
                         wait_ms: wait.as_secs_f64() * 1000.0,
@@ -674,6 +701,7 @@ async fn run_loop(mut guard: RunnerGuard) {
             }
             match state.queue.pop_front() {
                 Some(envelope) => {
+                    pool.sync_room_hint(&state);
                     state.running += 1;
                     let depth = state.queue.len();
                     state.depth_history.record(depth, now);
@@ -829,6 +857,7 @@ impl BackgroundTx {
             if state.phase == Phase::Open {
                 state.phase = Phase::Draining;
             }
+            self.pool.sync_room_hint(&state);
         }
         let drained = self.wait_idle(Some(deadline)).await;
         if !drained {
@@ -838,6 +867,7 @@ impl BackgroundTx {
                     state.phase = Phase::Aborting;
                 }
                 let abandoned = state.abandon_queued();
+                self.pool.sync_room_hint(&state);
                 let aborts = state
                     .runners
                     .iter_mut()
@@ -864,6 +894,7 @@ impl BackgroundTx {
             if state.phase != Phase::NoRuntime {
                 state.phase = Phase::Closed;
             }
+            self.pool.sync_room_hint(&state);
             drop(state);
             self.pool.snapshot()
         };

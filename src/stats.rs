@@ -119,8 +119,8 @@ impl<T: Clone> Ring<T> {
 /// The slowest recent runs: the `RING_LEN` largest run times of the current
 /// and the previous minute.
 pub(crate) struct Slowest {
-    current: Vec<SlowTask>,
-    previous: Vec<SlowTask>,
+    current: Vec<SlowRecord>,
+    previous: Vec<SlowRecord>,
     window_started: Instant,
 }
 
@@ -140,7 +140,7 @@ impl Slowest {
             || self.current.last().is_some_and(|last| last.run_ms < run_ms)
     }
 
-    pub(crate) fn record(&mut self, entry: SlowTask, now: Instant) {
+    pub(crate) fn record(&mut self, entry: SlowRecord, now: Instant) {
         if now.saturating_duration_since(self.window_started) >= crate::histogram::WINDOW {
             self.previous = std::mem::take(&mut self.current);
             self.window_started = now;
@@ -155,10 +155,10 @@ impl Slowest {
 
     /// Slowest first, current and previous window merged.
     pub(crate) fn to_vec(&self) -> Vec<SlowTask> {
-        let mut all: Vec<SlowTask> = self.current.iter().chain(&self.previous).cloned().collect();
+        let mut all: Vec<SlowRecord> = self.current.iter().chain(&self.previous).copied().collect();
         all.sort_by(|a, b| b.run_ms.total_cmp(&a.run_ms));
         all.truncate(RING_LEN);
-        all
+        all.into_iter().map(SlowRecord::to_public).collect()
     }
 }
 
@@ -255,6 +255,51 @@ impl From<[u64; 4]> for DroppedByReason {
             closed: counts[DropReason::Closed.index()],
             shutdown: counts[DropReason::Shutdown.index()],
             no_runtime: counts[DropReason::NoRuntime.index()],
+        }
+    }
+}
+
+/// A drop as recorded on the hot path: raw values, formatted only when a
+/// snapshot is taken.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DropRecord {
+    pub(crate) at: SystemTime,
+    pub(crate) task: &'static str,
+    pub(crate) reason: crate::DropReason,
+    pub(crate) trace_id: Option<opentelemetry::trace::TraceId>,
+}
+
+impl DropRecord {
+    pub(crate) fn to_public(self) -> DroppedTask {
+        DroppedTask {
+            at: rfc3339(self.at),
+            task: self.task,
+            reason: self.reason.as_str(),
+            trace_id: self.trace_id.map(|id| format!("{id:032x}")),
+        }
+    }
+}
+
+/// A slow run as recorded by the runner (formatted at snapshot time).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SlowRecord {
+    pub(crate) at: SystemTime,
+    pub(crate) task: &'static str,
+    pub(crate) outcome: &'static str,
+    pub(crate) wait_ms: f64,
+    pub(crate) run_ms: f64,
+    pub(crate) trace_id: Option<opentelemetry::trace::TraceId>,
+}
+
+impl SlowRecord {
+    pub(crate) fn to_public(self) -> SlowTask {
+        SlowTask {
+            at: rfc3339(self.at),
+            task: self.task,
+            outcome: self.outcome,
+            wait_ms: self.wait_ms,
+            run_ms: self.run_ms,
+            trace_id: self.trace_id.map(|id| format!("{id:032x}")),
         }
     }
 }
@@ -455,8 +500,8 @@ mod tests {
         let mut slowest = Slowest::new(start);
         for i in 0..100 {
             slowest.record(
-                SlowTask {
-                    at: String::new(),
+                SlowRecord {
+                    at: SystemTime::UNIX_EPOCH,
                     task: "t",
                     outcome: "ok",
                     wait_ms: 0.0,

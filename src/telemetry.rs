@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime};
 
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::metrics::{Histogram, Meter};
-use opentelemetry::trace::{Span as _, Status, TraceContextExt, Tracer as _};
+use opentelemetry::trace::{Span as _, Status, TraceContextExt, TraceId, Tracer as _};
 use opentelemetry::{Context, KeyValue};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -202,8 +202,9 @@ pub(crate) struct TaskAttributes {
 
 impl TaskAttributes {
     pub(crate) fn new(pool: &Arc<str>, name: &'static str) -> Self {
+        // `Arc<str>` values: cloning an attribute set never copies strings.
         let pool_task = vec![
-            KeyValue::new(names::POOL_NAME, pool.to_string()),
+            KeyValue::new(names::POOL_NAME, Arc::clone(pool)),
             KeyValue::new(names::TASK_NAME, name),
         ];
         let by_outcome = Outcome::RUN_OUTCOMES
@@ -249,7 +250,7 @@ impl TaskSpans {
     }
 
     /// Trace id of `bg.task`, for the "slowest" list.
-    pub(crate) fn trace_id(&self) -> Option<String> {
+    pub(crate) fn trace_id(&self) -> Option<TraceId> {
         self.task.as_ref().and_then(trace_id_of)
     }
 }
@@ -262,12 +263,10 @@ fn subscriber_present() -> bool {
     tracing::dispatcher::get_default(|dispatch| !dispatch.is::<tracing::subscriber::NoSubscriber>())
 }
 
-fn trace_id_of(cx: &Context) -> Option<String> {
+pub(crate) fn trace_id_of(cx: &Context) -> Option<TraceId> {
     let span = cx.span();
     let span_context = span.span_context();
-    span_context
-        .is_valid()
-        .then(|| format!("{:032x}", span_context.trace_id()))
+    span_context.is_valid().then(|| span_context.trace_id())
 }
 
 /// The pool's tracer and sync instruments.
@@ -410,35 +409,33 @@ impl Telemetry {
     /// the trace id for the "recent drops" list.
     pub(crate) fn drop_span(
         &self,
-        pool: &Arc<str>,
-        name: &'static str,
+        attrs: &TaskAttributes,
         parent: &Context,
         reason: DropReason,
         depth: usize,
-    ) -> Option<String> {
+    ) {
         if !subscriber_present() || !tracing::enabled!(target: "bg_queue", tracing::Level::INFO) {
-            return trace_id_of(parent);
+            return;
         }
-        let attributes = vec![
-            KeyValue::new(names::POOL_NAME, pool.to_string()),
-            KeyValue::new(names::TASK_NAME, name),
+        let mut attributes = Vec::with_capacity(6);
+        attributes.extend(attrs.pool_task.iter().cloned());
+        attributes.extend([
             KeyValue::new(names::TASK_OUTCOME, Outcome::Dropped.as_str()),
             KeyValue::new(names::DROP_REASON, reason.as_str()),
             KeyValue::new(names::QUEUE_DEPTH, depth as i64),
             KeyValue::new(names::ERROR_TYPE, reason.as_str()),
-        ];
+        ]);
+        let parent = match self.propagation {
+            Propagation::None => &Context::new(),
+            Propagation::Child | Propagation::Link => parent,
+        };
         let mut span = self
             .tracer
-            .span_builder(format!("bg {name}"))
+            .span_builder(Cow::Borrowed(attrs.task_span_name))
             .with_attributes(attributes)
             .start_with_context(&self.tracer, parent);
-        span.set_status(Status::error(format!("dropped: {reason}")));
-        let span_context = span.span_context().clone();
+        span.set_status(Status::error(drop_status(reason)));
         span.end();
-        span_context
-            .is_valid()
-            .then(|| format!("{:032x}", span_context.trace_id()))
-            .or_else(|| trace_id_of(parent))
     }
 
     pub(crate) fn record_wait(&self, attrs: &TaskAttributes, wait: Duration) {
@@ -448,6 +445,16 @@ impl Telemetry {
     pub(crate) fn record_duration(&self, attrs: &TaskAttributes, outcome: Outcome, run: Duration) {
         self.duration
             .record(run.as_secs_f64(), attrs.outcome_set(outcome));
+    }
+}
+
+/// The status message of a drop span (static: no allocation per drop).
+fn drop_status(reason: DropReason) -> &'static str {
+    match reason {
+        DropReason::QueueFull => "dropped: queue_full",
+        DropReason::Closed => "dropped: closed",
+        DropReason::Shutdown => "dropped: shutdown",
+        DropReason::NoRuntime => "dropped: no_runtime",
     }
 }
 
