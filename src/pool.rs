@@ -403,8 +403,11 @@ impl Pool {
     /// length or the phase changed.
     fn sync_room_hint(&self, state: &State) {
         let room = state.phase == Phase::Open && state.queue.len() < self.capacity;
-        // Relaxed: the hint orders nothing; the lock does.
-        self.room_hint.store(room, Ordering::Relaxed);
+        // Relaxed: the hint orders nothing; the lock does. Written only on a
+        // change, so the cache line is not bounced on every push and pop.
+        if self.room_hint.load(Ordering::Relaxed) != room {
+            self.room_hint.store(room, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn parallelism(&self) -> usize {
@@ -665,6 +668,13 @@ pub(crate) fn format_counts(counts: &[(&'static str, u64)]) -> String {
         .join(", ")
 }
 
+/// What a runner does next.
+enum Next {
+    Run(Envelope, Arc<TaskAttributes>, Instant),
+    Linger,
+    Exit,
+}
+
 async fn run_loop(mut guard: RunnerGuard) {
     let pool = Arc::clone(&guard.pool);
     let mut previous: Option<(
@@ -674,6 +684,8 @@ async fn run_loop(mut guard: RunnerGuard) {
         Duration,
         Option<opentelemetry::trace::TraceId>,
     )> = None;
+    // Whether this runner already yielded once on an empty queue.
+    let mut lingered = false;
     loop {
         // One lock per task: record the previous task's end, pop the next.
         let next = {
@@ -709,19 +721,33 @@ async fn run_loop(mut guard: RunnerGuard) {
                     let (attrs, stats) = &mut state.tasks[index];
                     stats.queued -= 1;
                     stats.running += 1;
-                    Some((envelope, Arc::clone(attrs), now))
+                    Next::Run(envelope, Arc::clone(attrs), now)
                 }
+                // Stay registered for one yield before leaving: a producer
+                // in the middle of a burst refills the queue right away, and
+                // exiting would make it pay for a new runner task. Still
+                // registered, so no task can be stranded meanwhile.
+                None if !lingered => Next::Linger,
                 None => {
                     state.runners.retain(|slot| slot.id != guard.id);
                     guard.finished = true;
-                    None
+                    Next::Exit
                 }
             }
         };
-        let Some((envelope, attrs, started)) = next else {
-            pool.idle.notify_waiters();
-            return;
+        let (envelope, attrs, started) = match next {
+            Next::Run(envelope, attrs, started) => (envelope, attrs, started),
+            Next::Linger => {
+                lingered = true;
+                tokio::task::yield_now().await;
+                continue;
+            }
+            Next::Exit => {
+                pool.idle.notify_waiters();
+                return;
+            }
         };
+        lingered = false;
         let task_index = envelope.task_index as usize;
         let wait = started.saturating_duration_since(envelope.enqueued_at);
         pool.telemetry.record_wait(&attrs, wait);

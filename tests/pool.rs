@@ -409,3 +409,132 @@ async fn several_named_pools_coexist() {
     assert_eq!(hooks.snapshot().completed, 2);
     assert!(email.snapshot().task("follow_up").is_none());
 }
+
+/// Several producers (tasks and threads), random outcomes (ok, `Err`,
+/// panic, timeout), a checker reading snapshots the whole time, then a
+/// shutdown that cuts work short: the invariant holds at every snapshot and
+/// exactly in the report, and every call is in `spawned` or `dropped`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stress_invariant_holds_continuously_and_at_shutdown() {
+    use rand::{Rng as _, SeedableRng as _};
+    const PRODUCERS: u64 = 4;
+    const CALLS: u64 = 5_000;
+    let prev_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let bg = Builder::new("stress")
+        .capacity(256)
+        .parallelism(6)
+        .timeout(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    let checker = {
+        let (bg, calls, done) = (bg.clone(), calls.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut checks = 0u64;
+            while !done.load(Ordering::SeqCst) {
+                let before = calls.load(Ordering::SeqCst);
+                let snapshot = bg.snapshot();
+                let after = calls.load(Ordering::SeqCst);
+                assert!(snapshot.is_consistent(), "{snapshot:?}");
+                let accounted = snapshot.spawned + snapshot.dropped;
+                // Calls in flight during the snapshot may or may not count.
+                assert!(accounted <= after + PRODUCERS, "{accounted} > {after}");
+                assert!(accounted + PRODUCERS >= before, "{accounted} < {before}");
+                assert!(snapshot.queued <= 256 && snapshot.running <= 6);
+                checks += 1;
+                tokio::task::yield_now().await;
+            }
+            checks
+        })
+    };
+
+    let produce = move |seed: u64, bg: bg_queue::BackgroundTx, calls: Arc<AtomicU64>| {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for _ in 0..CALLS {
+            let kind: u8 = rng.random_range(0..10);
+            let micros: u64 = rng.random_range(0..2_000);
+            calls.fetch_add(1, Ordering::SeqCst);
+            bg.spawn("stress", async move {
+                tokio::time::sleep(Duration::from_micros(micros)).await;
+                match kind {
+                    0 => panic!("random panic"),
+                    1 => {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        Ok(())
+                    }
+                    2 => Err("random failure"),
+                    _ => Ok(()),
+                }
+            });
+            if rng.random_bool(0.01) {
+                std::thread::yield_now();
+            }
+        }
+    };
+    let threads: Vec<_> = (0..2)
+        .map(|i| {
+            let (bg, calls) = (bg.clone(), calls.clone());
+            std::thread::spawn(move || produce(i, bg, calls))
+        })
+        .collect();
+    let tasks: Vec<_> = (2..4)
+        .map(|i| {
+            let (bg, calls) = (bg.clone(), calls.clone());
+            tokio::spawn(async move { produce(i, bg, calls) })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    // Shut down while work is still queued and running.
+    let report = bg.shutdown(Duration::from_millis(5)).await;
+    done.store(true, Ordering::SeqCst);
+    let checks = checker.await.unwrap();
+    std::panic::set_hook(prev_hook);
+
+    assert!(report.is_consistent(), "{report}");
+    assert_eq!(report.spawned + report.dropped, PRODUCERS * CALLS, "{report}");
+    assert_eq!(report.queued, 0);
+    assert!(checks > 10, "the checker ran only {checks} times");
+    // Every outcome occurred, and the numbers are whole.
+    assert!(report.panicked > 0 && report.timed_out > 0 && report.failed > 0 && report.completed > 0, "{report}");
+    let snapshot = bg.snapshot();
+    assert_eq!(snapshot.spawned, report.spawned);
+    assert_eq!(snapshot.dropped, report.dropped);
+}
+
+/// Counts WARN events from `bg_queue`.
+struct WarnCounter(Arc<AtomicU64>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for WarnCounter {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let meta = event.metadata();
+        if meta.target() == "bg_queue" && *meta.level() == tracing::Level::WARN {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[tokio::test]
+async fn drops_are_logged_as_a_rate_limited_summary_not_one_line_each() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let warnings = Arc::new(AtomicU64::new(0));
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::registry().with(WarnCounter(warnings.clone())),
+    );
+    let bg = Builder::new("quiet-drops").capacity(1).parallelism(1).build().unwrap();
+    for _ in 0..10_000 {
+        bg.spawn("overflow", async {});
+    }
+    let snapshot = bg.snapshot();
+    assert_eq!(snapshot.dropped, 9_999);
+    // The first drop logs a summary at once; the next is due 10 s later.
+    assert_eq!(warnings.load(Ordering::Relaxed), 1);
+    bg.idle().await;
+}

@@ -155,16 +155,20 @@ impl Latch {
     }
 
     pub fn finish_one(&self) {
-        let done = self.done.fetch_add(1, Ordering::AcqRel) + 1;
-        if done == self.target.load(Ordering::Acquire) {
+        // SeqCst on both sides: the producer stores `target` then reads
+        // `done`, a task bumps `done` then reads `target` (a store-buffer
+        // pattern); weaker orderings let both read stale values and lose
+        // the wakeup.
+        let done = self.done.fetch_add(1, Ordering::SeqCst) + 1;
+        if done == self.target.load(Ordering::SeqCst) {
             self.reached.notify_one();
         }
     }
 
     /// Waits until `target` tasks in all have finished.
     pub async fn wait_for(&self, target: usize) {
-        self.target.store(target, Ordering::Release);
-        while self.done.load(Ordering::Acquire) < target {
+        self.target.store(target, Ordering::SeqCst);
+        while self.done.load(Ordering::SeqCst) < target {
             // notify_one stores a permit, so a finish between the check and
             // the await is not lost.
             self.reached.notified().await;
