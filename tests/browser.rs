@@ -3,6 +3,8 @@
 //! more tasks are queued, without a reload. Saves a screenshot to
 //! `test-artifacts/debug-page.png`.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -11,7 +13,6 @@ use std::sync::Arc;
 use axum::extract::Request;
 use axum::middleware::Next;
 use bg_queue::{BackgroundTx, Builder, DebugPage};
-use tokio::sync::{mpsc, Semaphore};
 
 fn chromium() -> PathBuf {
     let path = std::env::var_os("CHROMIUM")
@@ -56,16 +57,7 @@ async fn the_page_renders_depth_and_updates_it_live() {
         .parallelism(1)
         .build()
         .unwrap();
-    let gate = Arc::new(Semaphore::new(0));
-    let (started_tx, mut started_rx) = mpsc::unbounded_channel();
-    {
-        let gate = gate.clone();
-        bg.spawn("blocker", async move {
-            started_tx.send(()).unwrap();
-            let _ = gate.acquire().await;
-        });
-    }
-    started_rx.recv().await.unwrap();
+    let gate = common::occupy(&bg, "blocker", 1).await;
     queue(&bg, 3);
 
     // The first refresh request from the page queues four more tasks: the

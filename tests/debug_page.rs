@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use bg_queue::{BackgroundTx, Builder, DebugPage};
 use http_body_util::BodyExt as _;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tower::ServiceExt as _;
 
 async fn get(
@@ -44,16 +44,7 @@ async fn known_pool() -> (BackgroundTx, Arc<Semaphore>) {
     bg.spawn("subscribe", async { Err::<(), _>("503") });
     bg.spawn("subscribe", async {});
     bg.idle().await;
-    let gate = Arc::new(Semaphore::new(0));
-    let (started_tx, mut started_rx) = mpsc::unbounded_channel();
-    {
-        let gate = gate.clone();
-        bg.spawn("blocker", async move {
-            started_tx.send(()).unwrap();
-            let _ = gate.acquire().await;
-        });
-    }
-    started_rx.recv().await.unwrap();
+    let gate = common::occupy(&bg, "blocker", 1).await;
     // Four fill the queue; the fifth is dropped.
     for _ in 0..5 {
         bg.spawn("send_email", async {});

@@ -168,16 +168,7 @@ async fn depth_active_and_oldest_age_while_the_queue_is_blocked() {
         .meter(metrics.provider.meter("test"))
         .build()
         .unwrap();
-    let gate = Arc::new(Semaphore::new(0));
-    let (started_tx, mut started_rx) = mpsc::unbounded_channel();
-    {
-        let gate = gate.clone();
-        bg.spawn("blocker", async move {
-            started_tx.send(()).unwrap();
-            let _ = gate.acquire().await;
-        });
-    }
-    started_rx.recv().await.unwrap();
+    let gate = common::occupy(&bg, "blocker", 1).await;
     for _ in 0..3 {
         bg.spawn("queued", async {});
     }

@@ -499,11 +499,18 @@ async fn stress_invariant_holds_continuously_and_at_shutdown() {
     std::panic::set_hook(prev_hook);
 
     assert!(report.is_consistent(), "{report}");
-    assert_eq!(report.spawned + report.dropped, PRODUCERS * CALLS, "{report}");
+    assert_eq!(
+        report.spawned + report.dropped,
+        PRODUCERS * CALLS,
+        "{report}"
+    );
     assert_eq!(report.queued, 0);
     assert!(checks > 10, "the checker ran only {checks} times");
     // Every outcome occurred, and the numbers are whole.
-    assert!(report.panicked > 0 && report.timed_out > 0 && report.failed > 0 && report.completed > 0, "{report}");
+    assert!(
+        report.panicked > 0 && report.timed_out > 0 && report.failed > 0 && report.completed > 0,
+        "{report}"
+    );
     let snapshot = bg.snapshot();
     assert_eq!(snapshot.spawned, report.spawned);
     assert_eq!(snapshot.dropped, report.dropped);
@@ -528,7 +535,11 @@ async fn drops_are_logged_as_a_rate_limited_summary_not_one_line_each() {
     let _guard = tracing::subscriber::set_default(
         tracing_subscriber::registry().with(WarnCounter(warnings.clone())),
     );
-    let bg = Builder::new("quiet-drops").capacity(1).parallelism(1).build().unwrap();
+    let bg = Builder::new("quiet-drops")
+        .capacity(1)
+        .parallelism(1)
+        .build()
+        .unwrap();
     for _ in 0..10_000 {
         bg.spawn("overflow", async {});
     }

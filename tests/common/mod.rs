@@ -200,3 +200,27 @@ impl Metrics {
         out
     }
 }
+
+/// Spawns `n` tasks named `name` that wait at a gate, and returns once all
+/// of them run (so the pool's runners are busy). `gate.add_permits(n)`
+/// releases them.
+pub async fn occupy(
+    bg: &bg_queue::BackgroundTx,
+    name: &'static str,
+    n: usize,
+) -> std::sync::Arc<tokio::sync::Semaphore> {
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..n {
+        let (gate, started_tx) = (gate.clone(), started_tx.clone());
+        bg.try_spawn(name, async move {
+            let _ = started_tx.send(());
+            let _ = gate.acquire().await;
+        })
+        .expect("room for the blockers");
+    }
+    for _ in 0..n {
+        started_rx.recv().await.expect("blocker started");
+    }
+    gate
+}

@@ -122,32 +122,10 @@ impl Proc {
     }
 
     /// Sends SIGTERM and waits for the exit; returns (status, stdout).
-    pub fn terminate(mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+    pub fn terminate(self, limit: Duration) -> (std::process::ExitStatus, String) {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let mut stdout = String::new();
-                use std::io::Read as _;
-                self.child
-                    .stdout
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut stdout)
-                    .unwrap();
-                return (status, stdout);
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{} did not exit within {limit:?} of SIGTERM; stderr:\n{}",
-                self.name,
-                self.stderr().join("\n")
-            );
-            // Exit is not observable as an event without a pidfd; a short
-            // wait between checks of an external process is all there is.
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_exit(limit)
     }
 
     /// Waits for the process to exit by itself within `limit` (killed and
