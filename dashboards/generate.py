@@ -89,6 +89,18 @@ def stat(title, description, expr, x, y, unit, thresholds, w=6, h=4):
     }
 
 
+def limit_line(ref, color=None):
+    """Draws query `ref` as an unstacked dashed line (a capacity or limit)."""
+    properties = [
+        {"id": "custom.stacking", "value": {"mode": "none", "group": ref}},
+        {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+        {"id": "custom.fillOpacity", "value": 0},
+    ]
+    if color:
+        properties.append({"id": "color", "value": {"mode": "fixed", "fixedColor": color}})
+    return [{"matcher": {"id": "byFrameRefID", "options": ref}, "properties": properties}]
+
+
 def row(title, y):
     return {"id": panel_id(), "type": "row", "title": title, "collapsed": False, "gridPos": {"x": 0, "y": y, "w": 24, "h": 1}, "panels": []}
 
@@ -164,13 +176,7 @@ def dashboard():
             target(f"sum by (bg_task_name) (bg_queue_depth{{{SEL_TASK}}})", "{{bg_task_name}}", "A"),
             target(f"sum by (bg_pool_name) (bg_queue_capacity{{{SEL}}})", "capacity {{bg_pool_name}}", "B"),
         ],
-        0, y, stack=True,
-        overrides=[{"matcher": {"id": "byFrameRefID", "options": "B"}, "properties": [
-            {"id": "custom.stacking", "value": {"mode": "none", "group": "B"}},
-            {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
-            {"id": "custom.fillOpacity", "value": 0},
-            {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}},
-        ]}],
+        0, y, stack=True, overrides=limit_line("B", color="red"),
     ))
     panels.append(timeseries(
         "Running against parallelism",
@@ -179,12 +185,7 @@ def dashboard():
             target(f"sum by (bg_task_name) (bg_task_active{{{SEL_TASK}}})", "{{bg_task_name}}", "A"),
             target(f"sum by (bg_pool_name) (bg_pool_parallelism{{{SEL}}})", "parallelism {{bg_pool_name}}", "B"),
         ],
-        12, y, stack=True,
-        overrides=[{"matcher": {"id": "byFrameRefID", "options": "B"}, "properties": [
-            {"id": "custom.stacking", "value": {"mode": "none", "group": "B"}},
-            {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
-            {"id": "custom.fillOpacity", "value": 0},
-        ]}],
+        12, y, stack=True, overrides=limit_line("B"),
     ))
     y += 8
     panels.append(timeseries(
