@@ -134,15 +134,7 @@ impl Proc {
         let deadline = std::time::Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                let mut stdout = String::new();
-                use std::io::Read as _;
-                self.child
-                    .stdout
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut stdout)
-                    .unwrap();
-                return (status, stdout);
+                return (status, self.read_stdout());
             }
             assert!(
                 std::time::Instant::now() < deadline,
@@ -158,15 +150,17 @@ impl Proc {
     /// Waits for a normal exit (e.g. the load generator); returns stdout.
     pub fn wait_output(mut self) -> (std::process::ExitStatus, String) {
         let status = self.child.wait().unwrap();
-        let mut stdout = String::new();
+        (status, self.read_stdout())
+    }
+
+    /// Everything the (exited) child wrote to stdout.
+    fn read_stdout(&mut self) -> String {
         use std::io::Read as _;
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut stdout)
-            .unwrap();
-        (status, stdout)
+        let mut stdout = String::new();
+        if let Some(mut pipe) = self.child.stdout.take() {
+            pipe.read_to_string(&mut stdout).unwrap();
+        }
+        stdout
     }
 }
 
