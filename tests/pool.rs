@@ -492,7 +492,21 @@ async fn stress_invariant_holds_continuously_and_at_shutdown() {
     for thread in threads {
         thread.join().unwrap();
     }
-    // Shut down while work is still queued and running.
+    // Every kind of outcome has happened at least once before the shutdown
+    // (a fast machine may finish producing before any timeout fires).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = bg.snapshot();
+        if s.panicked > 0 && s.timed_out > 0 && s.failed > 0 && s.completed > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "outcomes missing: {s:?}"
+        );
+        tokio::task::yield_now().await;
+    }
+    // Shut down while work may still be queued and running.
     let report = bg.shutdown(Duration::from_millis(5)).await;
     done.store(true, Ordering::SeqCst);
     let checks = checker.await.unwrap();
