@@ -327,6 +327,13 @@ impl State {
         self.tasks.len() - 1
     }
 
+    /// Age of the oldest queued task (the queue is FIFO), zero when empty.
+    fn oldest_queued_age(&self, now: Instant) -> Duration {
+        self.queue.front().map_or(Duration::ZERO, |oldest| {
+            now.saturating_duration_since(oldest.enqueued_at)
+        })
+    }
+
     fn is_idle(&self) -> bool {
         self.queue.is_empty() && self.running == 0 && self.runners.is_empty()
     }
@@ -433,13 +440,11 @@ impl Pool {
     }
 
     pub(crate) fn oldest_queued_age(&self) -> Duration {
-        let _clock = self.enter_runtime();
-        let state = self.lock();
-        state
-            .queue
-            .front()
-            .map(|oldest| oldest.enqueued_at.elapsed())
-            .unwrap_or(Duration::ZERO)
+        let now = {
+            let _clock = self.enter_runtime();
+            Instant::now()
+        };
+        self.lock().oldest_queued_age(now)
     }
 
     fn submit(
@@ -566,14 +571,7 @@ impl Pool {
             parallelism: self.parallelism,
             queued: sum(|t| t.queued),
             running: sum(|t| t.running),
-            oldest_queued_seconds: state
-                .queue
-                .front()
-                .map(|oldest| {
-                    now.saturating_duration_since(oldest.enqueued_at)
-                        .as_secs_f64()
-                })
-                .unwrap_or(0.0),
+            oldest_queued_seconds: state.oldest_queued_age(now).as_secs_f64(),
             spawned: sum(|t| t.spawned),
             completed: sum(|t| t.completed),
             failed: sum(|t| t.failed),

@@ -10,16 +10,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::otlp::{Receiver, WirePoint, WireSpan};
-use common::process::{example, free_port, start_rotel, Proc};
+use common::process::{example, free_port, report_field, start_demo, start_rotel, Proc};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 
-fn demo_command(port: u16, endpoint: &str, protocol: &str) -> Command {
-    let mut command = Command::new(example("webhook"));
-    command.env_clear().envs([
-        ("PATH", std::env::var("PATH").unwrap_or_default()),
-        ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
+/// The demo's settings for these tests: a small pool, fast exports.
+fn demo_settings(endpoint: &str, protocol: &str) -> Vec<(&'static str, String)> {
+    vec![
         ("BG_CAPACITY", "4".into()),
         ("BG_PARALLELISM", "1".into()),
         ("BG_SHUTDOWN_GRACE_SECS", "10".into()),
@@ -30,9 +28,7 @@ fn demo_command(port: u16, endpoint: &str, protocol: &str) -> Command {
         ("OTEL_SERVICE_NAME", "bg-demo-e2e".into()),
         ("OTEL_METRIC_EXPORT_INTERVAL", "300".into()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
-        ("RUST_LOG", "info".into()),
-    ]);
-    command
+    ]
 }
 
 fn span<'a>(spans: &'a [WireSpan], name: &str) -> &'a WireSpan {
@@ -60,18 +56,6 @@ fn sum_latest(points: &[WirePoint], metric: &str) -> f64 {
         .sum()
 }
 
-/// `key=value` from the shutdown report line.
-fn report_field(report: &str, key: &str) -> u64 {
-    let prefix = format!("{key}=");
-    report
-        .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
-        .find_map(|word| word.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {key} in {report:?}"))
-        .trim_end_matches([',', ';'])
-        .parse()
-        .unwrap()
-}
-
 async fn json(client: &reqwest::Client, url: &str) -> serde_json::Value {
     client.get(url).send().await.unwrap().json().await.unwrap()
 }
@@ -84,8 +68,7 @@ async fn end_to_end(protocol: &str) {
         _ => format!("http://127.0.0.1:{rotel_http}"),
     };
     let port = free_port();
-    let demo = Proc::spawn("demo", &mut demo_command(port, &endpoint, protocol));
-    demo.wait_for_line("listening", Duration::from_secs(60));
+    let demo = start_demo(port, &demo_settings(&endpoint, protocol));
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bg_queue::{BackgroundTx, Builder, DebugPage};
 use common::otlp::Receiver;
-use common::process::{example, free_port, Proc};
+use common::process::{example, free_port, report_field, start_demo, Proc};
 use opentelemetry::metrics::MeterProvider as _;
 use tower::ServiceExt as _;
 
@@ -244,24 +244,20 @@ fn secs() -> u64 {
 }
 
 fn demo_with_endpoint(port: u16, endpoint: &str) -> Proc {
-    let mut command = Command::new(example("webhook"));
-    command.env_clear().envs([
-        ("PATH", std::env::var("PATH").unwrap_or_default()),
-        ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
-        ("BG_CAPACITY", "256".into()),
-        ("BG_PARALLELISM", "8".into()),
-        ("BG_SHUTDOWN_GRACE_SECS", "5".into()),
-        ("DEMO_EMAIL_DELAY_MS", "20".into()),
-        ("DEMO_FAILURE_RATE", "0.02".into()),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.into()),
-        ("OTEL_EXPORTER_OTLP_TIMEOUT", "2000".into()),
-        ("OTEL_METRIC_EXPORT_INTERVAL", "1000".into()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
-        ("RUST_LOG", "info".into()),
-    ]);
-    let demo = Proc::spawn("demo", &mut command);
-    demo.wait_for_line("listening", Duration::from_secs(60));
-    demo
+    start_demo(
+        port,
+        &[
+            ("BG_CAPACITY", "256".into()),
+            ("BG_PARALLELISM", "8".into()),
+            ("BG_SHUTDOWN_GRACE_SECS", "5".into()),
+            ("DEMO_EMAIL_DELAY_MS", "20".into()),
+            ("DEMO_FAILURE_RATE", "0.02".into()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.into()),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2000".into()),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1000".into()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
+        ],
+    )
 }
 
 fn loadgen(port: u16, rate: u32, count: u64) -> Proc {
@@ -464,22 +460,19 @@ async fn telemetry_resumes_after_the_collector_restarts() {
 async fn sigterm_under_load_exits_zero_and_accounts_for_every_task() {
     let receiver = Receiver::start().await;
     let port = free_port();
-    let mut command = Command::new(example("webhook"));
-    command.env_clear().envs([
-        ("PATH", std::env::var("PATH").unwrap_or_default()),
-        ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
-        ("BG_CAPACITY", "64".into()),
-        ("BG_PARALLELISM", "4".into()),
-        ("BG_SHUTDOWN_GRACE_SECS", "1".into()),
-        ("DEMO_EMAIL_DELAY_MS", "300".into()),
-        (
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://{}", receiver.grpc),
-        ),
-        ("RUST_LOG", "info".into()),
-    ]);
-    let demo = Proc::spawn("demo", &mut command);
-    demo.wait_for_line("listening", Duration::from_secs(60));
+    let demo = start_demo(
+        port,
+        &[
+            ("BG_CAPACITY", "64".into()),
+            ("BG_PARALLELISM", "4".into()),
+            ("BG_SHUTDOWN_GRACE_SECS", "1".into()),
+            ("DEMO_EMAIL_DELAY_MS", "300".into()),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://{}", receiver.grpc),
+            ),
+        ],
+    );
     // Load that never ends by itself; SIGTERM the demo while it runs.
     let load = loadgen(port, 200, 1_000_000);
     receiver
@@ -495,11 +488,10 @@ async fn sigterm_under_load_exits_zero_and_accounts_for_every_task() {
             .await
             .unwrap();
     let shutdown = started.elapsed();
-    let pid = load.child.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let (status, out) = tokio::task::spawn_blocking(move || load.wait_output())
-        .await
-        .unwrap();
+    let (status, out) =
+        tokio::task::spawn_blocking(move || load.terminate(Duration::from_secs(30)))
+            .await
+            .unwrap();
     assert!(status.success());
     let summary: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert!(exit.success(), "exit {exit}");
@@ -513,14 +505,7 @@ async fn sigterm_under_load_exits_zero_and_accounts_for_every_task() {
         .find(|l| l.contains("shut down"))
         .unwrap()
         .to_owned();
-    let field = |key: &str| -> u64 {
-        report
-            .split([' ', '(', ')', ',', ';'])
-            .find_map(|w| w.strip_prefix(&format!("{key}=")))
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let field = |key: &str| report_field(&report, key);
     // Every spawn call the clients were told about is in the report.
     assert_eq!(
         field("spawned"),

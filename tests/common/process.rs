@@ -216,3 +216,30 @@ pub fn wait_listening(port: u16, proc: &Proc) {
         std::thread::sleep(Duration::from_millis(25));
     }
 }
+
+/// Starts the built demo on `port` with a clean environment (PATH,
+/// `LISTEN_ADDR`, `RUST_LOG=info`, then `settings`) and waits until it
+/// listens.
+pub fn start_demo(port: u16, settings: &[(&str, String)]) -> Proc {
+    let mut command = Command::new(example("webhook"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "info")
+        .envs(settings.iter().map(|(k, v)| (*k, v.as_str())));
+    let demo = Proc::spawn("demo", &mut command);
+    demo.wait_for_line("listening", Duration::from_secs(60));
+    demo
+}
+
+/// `key=value` from the demo's shutdown report line.
+pub fn report_field(report: &str, key: &str) -> u64 {
+    let prefix = format!("{key}=");
+    report
+        .split([' ', '(', ')', ',', ';'])
+        .find_map(|word| word.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {key} in {report:?}"))
+        .parse()
+        .unwrap()
+}
