@@ -159,30 +159,93 @@ impl Providers {
             .try_init();
     }
 
-    /// Flushes and shuts down both providers on a blocking thread: their
-    /// exports run as tasks on this runtime, so shutting down from a worker
-    /// thread could wait on itself.
+    /// Flushes and shuts down both providers, in parallel, each on its own
+    /// thread (their exports run as tasks on this runtime, so shutting down
+    /// from a worker thread could wait on itself), within
+    /// [`SHUTDOWN_DEADLINE`] in total.
+    ///
+    /// The SDK's own timeout bounds one wait, not the whole flush: with a
+    /// collector that accepts connections and never answers, every queued
+    /// batch waits out `OTEL_EXPORTER_OTLP_TIMEOUT` in turn. Past the
+    /// deadline this returns an error naming what did not finish, and the
+    /// process can exit; what was not exported is lost, and said so.
     pub async fn shutdown(self) -> Result<(), String> {
-        tokio::task::spawn_blocking(move || {
-            let mut errors = Vec::new();
-            if let Some(tracer) = self.tracer {
-                if let Err(e) = tracer.shutdown_with_timeout(Duration::from_secs(5)) {
-                    errors.push(format!("tracer provider: {e}"));
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut pending = Vec::new();
+        if let Some(tracer) = self.tracer {
+            pending.push("tracer provider");
+            spawn_shutdown("tracer provider", done_tx.clone(), move || {
+                tracer
+                    .shutdown_with_timeout(SHUTDOWN_DEADLINE)
+                    .map_err(|e| e.to_string())
+            });
+        }
+        if let Some(meter) = self.meter {
+            pending.push("meter provider");
+            spawn_shutdown("meter provider", done_tx.clone(), move || {
+                meter
+                    .shutdown_with_timeout(SHUTDOWN_DEADLINE)
+                    .map_err(|e| e.to_string())
+            });
+        }
+        drop(done_tx);
+        let mut errors = Vec::new();
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_DEADLINE;
+        loop {
+            match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+                Ok(Some((what, result))) => {
+                    pending.retain(|p| *p != what);
+                    if let Err(e) = result {
+                        errors.push(format!("{what}: {e}"));
+                    }
+                }
+                Ok(None) => break,
+                Err(_elapsed) => {
+                    errors.push(format!(
+                        "{} did not finish flushing within {}s (collector down or not \
+                         answering?); unexported telemetry is lost",
+                        pending.join(" and "),
+                        SHUTDOWN_DEADLINE.as_secs()
+                    ));
+                    break;
                 }
             }
-            if let Some(meter) = self.meter {
-                if let Err(e) = meter.shutdown_with_timeout(Duration::from_secs(5)) {
-                    errors.push(format!("meter provider: {e}"));
-                }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+}
+
+/// Longest the providers' final flush may take at shutdown, both together.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Runs one provider's shutdown on a detached thread (not `spawn_blocking`:
+/// the runtime would wait for it when it is dropped, deadline or not) and
+/// reports the result on `done`.
+fn spawn_shutdown(
+    what: &'static str,
+    done: tokio::sync::mpsc::UnboundedSender<(&'static str, Result<(), String>)>,
+    shutdown: impl FnOnce() -> Result<(), String> + Send + 'static,
+) {
+    let spawned = std::thread::Builder::new()
+        .name(format!(
+            "otel-shutdown-{}",
+            what.split(' ').next().unwrap_or(what)
+        ))
+        .spawn({
+            let done = done.clone();
+            move || {
+                let _ = done.send((what, shutdown()));
             }
-            if errors.is_empty() {
-                Ok(())
-            } else {
-                Err(errors.join("; "))
-            }
-        })
-        .await
-        .map_err(|e| format!("telemetry shutdown task: {e}"))?
+        });
+    if let Err(e) = spawned {
+        let _ = done.send((
+            what,
+            Err(format!("could not start its shutdown thread: {e}")),
+        ));
     }
 }
 
