@@ -154,11 +154,13 @@ impl Slowest {
     }
 
     /// Slowest first, current and previous window merged.
-    pub(crate) fn to_vec(&self) -> Vec<SlowTask> {
+    pub(crate) fn to_vec(&self, clock: &WallClock) -> Vec<SlowTask> {
         let mut all: Vec<SlowRecord> = self.current.iter().chain(&self.previous).copied().collect();
         all.sort_by(|a, b| b.run_ms.total_cmp(&a.run_ms));
         all.truncate(RING_LEN);
-        all.into_iter().map(SlowRecord::to_public).collect()
+        all.into_iter()
+            .map(|record| record.to_public(clock))
+            .collect()
     }
 }
 
@@ -259,20 +261,46 @@ impl From<[u64; 4]> for DroppedByReason {
     }
 }
 
+/// Converts the monotonic instants the hot paths record into wall-clock
+/// times, once per snapshot: reading the clock costs about 30 ns on a
+/// virtual machine, so the drop path and the runners read it once, not
+/// twice (monotonic for the maths, wall for the page).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WallClock {
+    wall: SystemTime,
+    mono: Instant,
+}
+
+impl WallClock {
+    /// Pairs the wall clock with `mono`, the monotonic "now".
+    pub(crate) fn new(mono: Instant) -> Self {
+        WallClock {
+            wall: SystemTime::now(),
+            mono,
+        }
+    }
+
+    /// The wall-clock time of `at` (an instant in the past).
+    pub(crate) fn wall_of(&self, at: Instant) -> SystemTime {
+        let ago = self.mono.saturating_duration_since(at);
+        self.wall.checked_sub(ago).unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+}
+
 /// A drop as recorded on the hot path: raw values, formatted only when a
 /// snapshot is taken.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct DropRecord {
-    pub(crate) at: SystemTime,
+    pub(crate) at: Instant,
     pub(crate) task: &'static str,
     pub(crate) reason: crate::DropReason,
     pub(crate) trace_id: Option<opentelemetry::trace::TraceId>,
 }
 
 impl DropRecord {
-    pub(crate) fn to_public(self) -> DroppedTask {
+    pub(crate) fn to_public(self, clock: &WallClock) -> DroppedTask {
         DroppedTask {
-            at: rfc3339(self.at),
+            at: rfc3339(clock.wall_of(self.at)),
             task: self.task,
             reason: self.reason.as_str(),
             trace_id: self.trace_id.map(|id| format!("{id:032x}")),
@@ -283,7 +311,7 @@ impl DropRecord {
 /// A slow run as recorded by the runner (formatted at snapshot time).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SlowRecord {
-    pub(crate) at: SystemTime,
+    pub(crate) at: Instant,
     pub(crate) task: &'static str,
     pub(crate) outcome: &'static str,
     pub(crate) wait_ms: f64,
@@ -292,9 +320,9 @@ pub(crate) struct SlowRecord {
 }
 
 impl SlowRecord {
-    pub(crate) fn to_public(self) -> SlowTask {
+    pub(crate) fn to_public(self, clock: &WallClock) -> SlowTask {
         SlowTask {
-            at: rfc3339(self.at),
+            at: rfc3339(clock.wall_of(self.at)),
             task: self.task,
             outcome: self.outcome,
             wait_ms: self.wait_ms,
@@ -495,13 +523,28 @@ mod tests {
     }
 
     #[test]
+    fn wall_clock_maps_past_instants_back_in_time() {
+        let now = Instant::now();
+        let clock = WallClock::new(now);
+        let five_ago = now - Duration::from_secs(5);
+        assert_eq!(
+            clock.wall.duration_since(clock.wall_of(five_ago)).unwrap(),
+            Duration::from_secs(5)
+        );
+        assert_eq!(clock.wall_of(now), clock.wall);
+        // An instant after the pairing (a record made while the snapshot
+        // was being taken) is not placed in the future.
+        assert_eq!(clock.wall_of(now + Duration::from_secs(1)), clock.wall);
+    }
+
+    #[test]
     fn slowest_keeps_the_largest() {
         let start = Instant::now();
         let mut slowest = Slowest::new(start);
         for i in 0..100 {
             slowest.record(
                 SlowRecord {
-                    at: SystemTime::UNIX_EPOCH,
+                    at: start,
                     task: "t",
                     outcome: "ok",
                     wait_ms: 0.0,
@@ -511,7 +554,11 @@ mod tests {
                 start,
             );
         }
-        let kept: Vec<f64> = slowest.to_vec().iter().map(|s| s.run_ms).collect();
+        let kept: Vec<f64> = slowest
+            .to_vec(&WallClock::new(start))
+            .iter()
+            .map(|s| s.run_ms)
+            .collect();
         let expected: Vec<f64> = (80..100).rev().map(f64::from).collect();
         assert_eq!(kept, expected);
     }

@@ -305,22 +305,29 @@ impl Telemetry {
         }
     }
 
-    /// The caller's context, captured in `spawn`: a thread-local read when
-    /// a subscriber with context activation entered the caller's span.
-    pub(crate) fn capture_parent(&self) -> Context {
-        if self.propagation == Propagation::None || !tracing::dispatcher::has_been_set() {
-            return Context::new();
+    /// The caller's context, captured in `spawn` (a thread-local read when
+    /// a subscriber with context activation entered the caller's span), and
+    /// whether this thread has a subscriber (so the drop path asks once).
+    pub(crate) fn capture_parent(&self) -> (Context, bool) {
+        if !tracing::dispatcher::has_been_set() {
+            return (Context::new(), false);
+        }
+        let traced = subscriber_present();
+        // No subscriber here: no span can be current, and without one the
+        // pool makes no spans from this context either.
+        if !traced || self.propagation == Propagation::None {
+            return (Context::new(), traced);
         }
         let current = Context::current();
         if current.has_active_span() {
-            return current;
+            return (current, traced);
         }
         // Subscribers built without context activation: ask the span.
         let span = tracing::Span::current();
         if span.is_none() {
-            current
+            (current, traced)
         } else {
-            span.context()
+            (span.context(), traced)
         }
     }
 
@@ -405,8 +412,8 @@ impl Telemetry {
         }
     }
 
-    /// Records a dropped task's `bg.task` span (ended at once) and returns
-    /// the trace id for the "recent drops" list.
+    /// Records a dropped task's `bg.task` span (ended at once). Called only
+    /// when the caller's thread has a subscriber.
     pub(crate) fn drop_span(
         &self,
         attrs: &TaskAttributes,
@@ -414,7 +421,7 @@ impl Telemetry {
         reason: DropReason,
         depth: usize,
     ) {
-        if !subscriber_present() || !tracing::enabled!(target: "bg_queue", tracing::Level::INFO) {
+        if !tracing::enabled!(target: "bg_queue", tracing::Level::INFO) {
             return;
         }
         let mut attributes = Vec::with_capacity(6);
