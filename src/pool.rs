@@ -1,24 +1,38 @@
-//! The pool: a bounded queue and at most `parallelism` runner tasks, under one
-//! lock.
+//! The pool: a bounded queue and at most `parallelism` runner tasks.
 //!
 //! # Design
 //!
-//! "Queued" and "running" live under the same mutex, with the queue itself.
-//! `spawn` pushes a task and, if fewer than `parallelism` runners exist,
-//! starts one; a runner pops tasks until the queue is empty, then exits. Since
-//! the check "is a runner coming for this task?" and the push happen under
-//! one guard, no wakeup can be lost (the failure of a separate semaphore plus
-//! channel). Runners are ordinary tokio tasks, so a producer spinning on one
-//! worker cannot hide them in its LIFO slot the way the seed's single drainer
-//! was hidden: all but the newest runner can be stolen by other workers.
+//! `spawn` never takes the pool's lock when it accepts a task: it claims a
+//! place with one compare-and-swap on the *admission* word (the number of
+//! accepted tasks not yet running, plus a "closed" bit), sends the task into
+//! a lock-free inbox, and starts a runner if fewer than `parallelism` exist.
+//! So a burst of `spawn` calls does not contend with the runners.
+//!
+//! Everything else lives under one mutex: the FIFO queue, the per-task
+//! counters, the runner registry. Whoever takes the lock first moves what
+//! arrived in the inbox into the queue and counts it `spawned` and `queued`
+//! ("absorbs" it), so every snapshot is a consistent cut: the invariant holds
+//! exactly in each one, and a `spawn` that returned before the snapshot is in
+//! it. Capacity is exact too: the admission word never exceeds `capacity`.
+//!
+//! No wakeup can be lost (the failure of a separate semaphore plus channel):
+//! a producer increments the admission word *then* reads the runner count; a
+//! runner about to exit decrements the runner count *then* reads the
+//! admission word. Both are sequentially consistent, so at least one of them
+//! sees the other: either the producer starts a runner or the runner stays.
+//! Runners are ordinary tokio tasks, so a producer spinning on one worker
+//! cannot hide them in its LIFO slot the way the seed's single drainer was
+//! hidden: all but the newest runner can be stolen by other workers.
 //!
 //! The lock is held for a few hundred nanoseconds at most: no await, no
-//! allocation except the task's box, no logging and no span work under it.
+//! allocation except queue growth, no logging and no span work under it. A
+//! refused task takes it once, to be counted by name and reason.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -52,6 +66,9 @@ const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// After the shutdown deadline, how long to wait for aborted runners to
 /// unwind before reporting them as still running.
 const ABORT_SETTLE: Duration = Duration::from_secs(1);
+/// The admission word's "closed" bit: set once, when the pool stops
+/// accepting (shutdown, or no runtime).
+const CLOSED: u64 = 1 << 63;
 
 /// Builds a pool. Every setting has a default; see each method.
 ///
@@ -224,6 +241,7 @@ impl Builder {
             .unwrap_or_else(|| opentelemetry::global::tracer_with_scope(scope()));
         let now = Instant::now();
         let name: Arc<str> = self.name.into();
+        let (inbox_tx, inbox_rx) = mpsc::channel();
         let pool = Arc::new(Pool {
             name_attribute: KeyValue::new(names::POOL_NAME, name.to_string()),
             name,
@@ -232,6 +250,7 @@ impl Builder {
             timeout: self.timeout,
             telemetry: Telemetry::new(self.propagation, tracer, &meter),
             state: Mutex::new(State {
+                inbox: inbox_rx,
                 // Grows on demand: an idle pool holds no queue storage.
                 queue: VecDeque::new(),
                 tasks: Vec::new(),
@@ -248,7 +267,9 @@ impl Builder {
                 depth_history: DepthHistory::new(now),
                 next_drop_log: now,
             }),
-            room_hint: AtomicBool::new(runtime.is_some()),
+            inbox: inbox_tx,
+            admission: AtomicU64::new(if runtime.is_some() { 0 } else { CLOSED }),
+            runner_count: AtomicUsize::new(0),
             runtime,
             idle: Notify::new(),
         });
@@ -298,6 +319,8 @@ struct RunnerSlot {
 }
 
 pub(crate) struct State {
+    /// Accepted tasks not yet absorbed into `queue`.
+    inbox: mpsc::Receiver<Envelope>,
     queue: VecDeque<Envelope>,
     tasks: Vec<(Arc<TaskAttributes>, TaskStats)>,
     runners: Vec<RunnerSlot>,
@@ -338,15 +361,37 @@ impl State {
         })
     }
 
-    fn is_idle(&self) -> bool {
-        self.queue.is_empty() && self.running == 0 && self.runners.is_empty()
+    /// Moves what arrived in the inbox into the queue, counting each task
+    /// `spawned` and `queued` under its name. Every reader of the counters
+    /// calls this first.
+    fn absorb(&mut self, pool: &Arc<str>, now: Instant) {
+        let mut absorbed = false;
+        while let Ok(mut envelope) = self.inbox.try_recv() {
+            let index = self.task_index(pool, envelope.name, now);
+            envelope.task_index = index as u32;
+            let stats = &mut self.tasks[index].1;
+            stats.spawned += 1;
+            stats.queued += 1;
+            self.queue.push_back(envelope);
+            absorbed = true;
+        }
+        if absorbed {
+            self.depth_history.record(self.queue.len(), now);
+        }
     }
 
-    /// Takes every queued task out, counting it abandoned.
-    fn abandon_queued(&mut self) -> Vec<(&'static str, u64)> {
+    fn is_idle(&self, admitted: u64) -> bool {
+        admitted == 0 && self.queue.is_empty() && self.running == 0 && self.runners.is_empty()
+    }
+
+    /// Takes every queued task out, counting it abandoned. The caller has
+    /// absorbed the inbox and made sure nothing admitted is still on its
+    /// way (see [`Pool::abandon_queued`]).
+    fn abandon_queued(&mut self, admission: &AtomicU64) -> Vec<(&'static str, u64)> {
         let mut abandoned: Vec<(&'static str, u64)> = Vec::new();
         let now = Instant::now();
         while let Some(envelope) = self.queue.pop_front() {
+            admission.fetch_sub(1, Ordering::SeqCst);
             let (_, stats) = &mut self.tasks[envelope.task_index as usize];
             stats.queued -= 1;
             stats.abandoned += 1;
@@ -389,11 +434,16 @@ pub(crate) struct Pool {
     runtime: Option<Handle>,
     /// Notified when a runner exits (the pool may have become idle).
     idle: Notify,
-    /// "Open with room in the queue", as of the last change under the lock.
-    /// Only a hint (read without the lock) to box the task before taking
-    /// the lock, or not at all on the drop path; decisions are made under
-    /// the lock, so a stale hint costs an allocation, never a wrong answer.
-    room_hint: AtomicBool,
+    /// Where `spawn` sends accepted tasks, without the lock.
+    inbox: mpsc::Sender<Envelope>,
+    /// Accepted tasks not yet running (in the inbox, in the queue, or on
+    /// their way into the inbox), plus the [`CLOSED`] bit. Incremented by
+    /// `spawn` with a compare-and-swap (never past `capacity`), decremented
+    /// under the lock when a task starts or is abandoned.
+    admission: AtomicU64,
+    /// Runners started and not yet exited (at most `parallelism`, briefly
+    /// one more while an exiting runner steps back in).
+    runner_count: AtomicUsize,
 }
 
 impl Pool {
@@ -406,19 +456,50 @@ impl Pool {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The lock, with the inbox absorbed: what every reader of the counters
+    /// takes.
+    fn lock_absorbed(&self, now: Instant) -> MutexGuard<'_, State> {
+        let mut state = self.lock();
+        state.absorb(&self.name, now);
+        state
+    }
+
+    /// Accepted tasks not yet running (the admission word without its bit).
+    fn admitted(&self) -> u64 {
+        self.admission.load(Ordering::SeqCst) & !CLOSED
+    }
+
+    /// Stops admitting tasks. Call under the lock, after setting the phase,
+    /// so a refused caller that takes the lock sees why.
+    fn close_admission(&self) {
+        self.admission.fetch_or(CLOSED, Ordering::SeqCst);
+    }
+
+    /// Abandons every queued task, including any admitted by a `spawn` that
+    /// is still between its compare-and-swap and its send (admission must
+    /// be closed first, so that number only shrinks). Such a call is a few
+    /// instructions from done, so this yields rather than waits.
+    fn abandon_queued(&self) -> Vec<(&'static str, u64)> {
+        loop {
+            let mut state = self.lock_absorbed(Instant::now());
+            // Under the lock, nothing starts or is abandoned meanwhile: the
+            // difference is tasks still on their way into the inbox.
+            if self.admitted() == state.queue.len() as u64 {
+                return state.abandon_queued(&self.admission);
+            }
+            drop(state);
+            std::thread::yield_now();
+        }
+    }
+
     pub(crate) fn capacity(&self) -> usize {
         self.capacity
     }
 
-    /// Refreshes [`Pool::room_hint`]; call under the lock after the queue
-    /// length or the phase changed.
-    fn sync_room_hint(&self, state: &State) {
-        let room = state.phase == Phase::Open && state.queue.len() < self.capacity;
-        // Relaxed: the hint orders nothing; the lock does. Written only on a
-        // change, so the cache line is not bounced on every push and pop.
-        if self.room_hint.load(Ordering::Relaxed) != room {
-            self.room_hint.store(room, Ordering::Relaxed);
-        }
+    /// Nothing admitted, queued or running, and no runner left.
+    fn is_idle(&self) -> bool {
+        let state = self.lock_absorbed(self.now());
+        state.is_idle(self.admitted())
     }
 
     pub(crate) fn parallelism(&self) -> usize {
@@ -430,7 +511,7 @@ impl Pool {
     }
 
     pub(crate) fn for_each_task(&self, mut f: impl FnMut(&TaskAttributes, &TaskStats)) {
-        let state = self.lock();
+        let state = self.lock_absorbed(self.now());
         for (attrs, stats) in &state.tasks {
             f(attrs, stats);
         }
@@ -443,12 +524,15 @@ impl Pool {
         self.runtime.as_ref().map(Handle::enter)
     }
 
+    /// "Now" on the pool runtime's clock, from any thread.
+    fn now(&self) -> Instant {
+        let _clock = self.enter_runtime();
+        Instant::now()
+    }
+
     pub(crate) fn oldest_queued_age(&self) -> Duration {
-        let now = {
-            let _clock = self.enter_runtime();
-            Instant::now()
-        };
-        self.lock().oldest_queued_age(now)
+        let now = self.now();
+        self.lock_absorbed(now).oldest_queued_age(now)
     }
 
     fn submit(
@@ -460,85 +544,137 @@ impl Pool {
         // The only clock read on this path (about 30 ns on a virtual
         // machine): wall-clock times are derived from it at snapshot time.
         let now = Instant::now();
-        // Box before taking the lock (shorter critical section), unless the
-        // queue looked full: the drop path then allocates nothing.
+        let capacity = self.capacity as u64;
+        let mut admission = self.admission.load(Ordering::Relaxed);
+        // Box before claiming a place (so the claim and the send are a few
+        // instructions apart), unless the pool looks full or closed: the
+        // drop path then allocates nothing.
         let mut make_future = Some(make_future);
-        let mut boxed = if self.room_hint.load(Ordering::Relaxed) {
-            make_future.take().map(|make| make())
-        } else {
-            None
-        };
-        let mut state = self.lock();
-        let index = state.task_index(&self.name, name, now);
-        let refused = match state.phase {
-            Phase::Open if state.queue.len() >= self.capacity => Some(SpawnError::QueueFull),
-            Phase::Open => None,
-            Phase::Draining | Phase::Aborting | Phase::Closed => Some(SpawnError::Closed),
-            Phase::NoRuntime => Some(SpawnError::NoRuntime),
+        let mut boxed = (admission < capacity).then(|| (make_future.take().expect("once"))());
+        let refused = loop {
+            if admission & CLOSED != 0 {
+                break Some(None);
+            }
+            if admission >= capacity {
+                break Some(Some(SpawnError::QueueFull));
+            }
+            match self.admission.compare_exchange_weak(
+                admission,
+                admission + 1,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break None,
+                Err(actual) => admission = actual,
+            }
         };
         if let Some(error) = refused {
-            // Everything a drop records happens under this one lock, with
-            // raw values (formatting waits for a snapshot).
-            let reason = error.reason();
-            let depth = state.queue.len();
-            state.tasks[index].1.dropped[reason.index()] += 1;
-            state.recent_drops.push(DropRecord {
-                at: now,
-                task: name,
-                reason,
-                trace_id: telemetry::trace_id_of(&parent),
-            });
-            let summary = state.drop_summary_due(now);
-            let attrs = traced.then(|| Arc::clone(&state.tasks[index].0));
-            drop(state);
             drop(boxed.take());
-            if let Some(attrs) = attrs {
-                self.telemetry.drop_span(&attrs, &parent, reason, depth);
-            }
-            if let Some(summary) = summary {
-                tracing::warn!(
-                    target: "bg_queue",
-                    pool = %self.name,
-                    last_reason = reason.as_str(),
-                    "background tasks dropped since the last summary: {summary}"
-                );
-            }
-            return Err(error);
+            drop(make_future.take());
+            return Err(self.refuse(name, error, parent, traced, now));
         }
-        let depth = state.queue.len() + 1;
-        let stats = &mut state.tasks[index].1;
-        stats.spawned += 1;
-        stats.queued += 1;
-        // The hint was stale (room appeared): box under the lock, rarely.
         let future = boxed
             .take()
-            .unwrap_or_else(|| (make_future.take().expect("unused when boxed"))());
-        state.queue.push_back(Envelope {
+            .unwrap_or_else(|| (make_future.take().expect("unused when not boxed"))());
+        let envelope = Envelope {
             future,
-            task_index: index as u32,
-            depth_at_enqueue: u32::try_from(depth).unwrap_or(u32::MAX),
+            name,
+            task_index: 0,
+            depth_at_enqueue: u32::try_from(admission + 1).unwrap_or(u32::MAX),
             enqueued_at: now,
             parent,
+        };
+        // The receiver lives as long as the pool (it is in `state`), and the
+        // pool outlives this call: the send cannot fail.
+        let _ = self.inbox.send(envelope);
+        self.ensure_runner();
+        Ok(())
+    }
+
+    /// Counts and reports a task that was not admitted. `closed` errors are
+    /// `None` until the phase says which (closed, or no runtime).
+    fn refuse(
+        self: &Arc<Self>,
+        name: &'static str,
+        error: Option<SpawnError>,
+        parent: opentelemetry::Context,
+        traced: bool,
+        now: Instant,
+    ) -> SpawnError {
+        let mut state = self.lock_absorbed(now);
+        let error = error.unwrap_or(match state.phase {
+            Phase::NoRuntime => SpawnError::NoRuntime,
+            Phase::Open | Phase::Draining | Phase::Aborting | Phase::Closed => SpawnError::Closed,
         });
-        state.depth_history.record(depth, now);
-        self.sync_room_hint(&state);
-        let runner = (state.runners.len() < self.parallelism).then(|| {
+        // Everything a drop records happens under this one lock, with raw
+        // values (formatting waits for a snapshot).
+        let index = state.task_index(&self.name, name, now);
+        let reason = error.reason();
+        let depth = state.queue.len();
+        state.tasks[index].1.dropped[reason.index()] += 1;
+        state.recent_drops.push(DropRecord {
+            at: now,
+            task: name,
+            reason,
+            trace_id: telemetry::trace_id_of(&parent),
+        });
+        let summary = state.drop_summary_due(now);
+        let attrs = traced.then(|| Arc::clone(&state.tasks[index].0));
+        drop(state);
+        if let Some(attrs) = attrs {
+            self.telemetry.drop_span(&attrs, &parent, reason, depth);
+        }
+        if let Some(summary) = summary {
+            tracing::warn!(
+                target: "bg_queue",
+                pool = %self.name,
+                last_reason = reason.as_str(),
+                "background tasks dropped since the last summary: {summary}"
+            );
+        }
+        error
+    }
+
+    /// Starts a runner if fewer than `parallelism` exist. Called after a
+    /// task was sent; pairs with the exit check in [`run_loop`].
+    fn ensure_runner(self: &Arc<Self>) {
+        if self.rejoin() {
+            self.start_runner();
+        }
+    }
+
+    /// Counts an exiting runner back in, if there is room; whether it may
+    /// stay.
+    fn rejoin(&self) -> bool {
+        let mut count = self.runner_count.load(Ordering::SeqCst);
+        while count < self.parallelism {
+            match self.runner_count.compare_exchange_weak(
+                count,
+                count + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => count = actual,
+            }
+        }
+        false
+    }
+
+    /// Registers and spawns one runner (already counted in `runner_count`).
+    fn start_runner(self: &Arc<Self>) {
+        let Some(runtime) = &self.runtime else {
+            // Unreachable: a pool without a runtime admits nothing.
+            self.runner_count.fetch_sub(1, Ordering::SeqCst);
+            return;
+        };
+        // Registered before it is spawned, so its exit always finds its slot.
+        let id = {
+            let mut state = self.lock();
             let id = state.next_runner_id;
             state.next_runner_id += 1;
             state.runners.push(RunnerSlot { id, abort: None });
             id
-        });
-        drop(state);
-        if let Some(id) = runner {
-            self.start_runner(id);
-        }
-        Ok(())
-    }
-
-    fn start_runner(self: &Arc<Self>, id: u64) {
-        let Some(runtime) = &self.runtime else {
-            // Unreachable: a pool without a runtime refuses every task.
-            return;
         };
         // The guard is created outside the async block so that it runs even
         // if the runtime drops the future without polling it (shut down).
@@ -546,6 +682,7 @@ impl Pool {
             pool: Arc::clone(self),
             id,
             current: None,
+            counted: true,
             finished: false,
         };
         let handle = runtime.spawn(run_loop(guard));
@@ -556,12 +693,9 @@ impl Pool {
     }
 
     fn snapshot(&self) -> PoolSnapshot {
-        let now = {
-            let _clock = self.enter_runtime();
-            Instant::now()
-        };
+        let now = self.now();
         let clock = WallClock::new(now);
-        let state = self.lock();
+        let state = self.lock_absorbed(now);
         let tasks: Vec<_> = state
             .tasks
             .iter()
@@ -618,6 +752,8 @@ struct RunnerGuard {
     pool: Arc<Pool>,
     id: u64,
     current: Option<Current>,
+    /// Whether this runner is counted in `runner_count`.
+    counted: bool,
     finished: bool,
 }
 
@@ -628,6 +764,9 @@ impl Drop for RunnerGuard {
         }
         let pool = Arc::clone(&self.pool);
         let current = self.current.take();
+        if self.counted {
+            pool.runner_count.fetch_sub(1, Ordering::SeqCst);
+        }
         let mut state = pool.lock();
         state.runners.retain(|slot| slot.id != self.id);
         let mut abandoned_names = Vec::new();
@@ -643,10 +782,12 @@ impl Drop for RunnerGuard {
         let runtime_gone = matches!(state.phase, Phase::Open | Phase::Draining);
         if runtime_gone {
             state.phase = Phase::NoRuntime;
-            abandoned_names.extend(state.abandon_queued());
-            pool.sync_room_hint(&state);
+            pool.close_admission();
         }
         drop(state);
+        if runtime_gone {
+            abandoned_names.extend(pool.abandon_queued());
+        }
         pool.idle.notify_waiters();
         if let Some(current) = current {
             let run_time = current.started.elapsed();
@@ -696,7 +837,7 @@ async fn run_loop(mut guard: RunnerGuard) {
             let now = previous
                 .as_ref()
                 .map_or_else(Instant::now, |finished| finished.ended);
-            let mut state = pool.lock();
+            let mut state = pool.lock_absorbed(now);
             if let Some(Finished {
                 index,
                 outcome,
@@ -727,7 +868,9 @@ async fn run_loop(mut guard: RunnerGuard) {
             }
             match state.queue.pop_front() {
                 Some(envelope) => {
-                    pool.sync_room_hint(&state);
+                    // Under the lock, with the pop: `admitted == queue
+                    // length` is what `abandon_queued` waits for.
+                    pool.admission.fetch_sub(1, Ordering::SeqCst);
                     state.running += 1;
                     let depth = state.queue.len();
                     state.depth_history.record(depth, now);
@@ -742,11 +885,7 @@ async fn run_loop(mut guard: RunnerGuard) {
                 // exiting would make it pay for a new runner task. Still
                 // registered, so no task can be stranded meanwhile.
                 None if !lingered => Next::Linger,
-                None => {
-                    state.runners.retain(|slot| slot.id != guard.id);
-                    guard.finished = true;
-                    Next::Exit
-                }
+                None => Next::Exit,
             }
         };
         let (envelope, attrs, started) = match next {
@@ -757,6 +896,17 @@ async fn run_loop(mut guard: RunnerGuard) {
                 continue;
             }
             Next::Exit => {
+                // Step out of the count, then look for a task admitted
+                // meanwhile (the other half of `ensure_runner`'s check).
+                pool.runner_count.fetch_sub(1, Ordering::SeqCst);
+                guard.counted = false;
+                if pool.admitted() > 0 && pool.rejoin() {
+                    guard.counted = true;
+                    lingered = false;
+                    continue;
+                }
+                pool.lock().runners.retain(|slot| slot.id != guard.id);
+                guard.finished = true;
                 pool.idle.notify_waiters();
                 return;
             }
@@ -915,24 +1065,24 @@ impl BackgroundTx {
             if state.phase == Phase::Open {
                 state.phase = Phase::Draining;
             }
-            self.pool.sync_room_hint(&state);
+            self.pool.close_admission();
         }
         let drained = self.wait_idle(Some(deadline)).await;
         if !drained {
-            let (aborts, abandoned): (Vec<AbortHandle>, _) = {
+            {
                 let mut state = self.pool.lock();
                 if matches!(state.phase, Phase::Draining | Phase::Open) {
                     state.phase = Phase::Aborting;
                 }
-                let abandoned = state.abandon_queued();
-                self.pool.sync_room_hint(&state);
-                let aborts = state
-                    .runners
-                    .iter_mut()
-                    .filter_map(|slot| slot.abort.take())
-                    .collect();
-                (aborts, abandoned)
-            };
+            }
+            let abandoned = self.pool.abandon_queued();
+            let aborts: Vec<AbortHandle> = self
+                .pool
+                .lock()
+                .runners
+                .iter_mut()
+                .filter_map(|slot| slot.abort.take())
+                .collect();
             if !abandoned.is_empty() {
                 tracing::warn!(
                     target: "bg_queue",
@@ -952,7 +1102,6 @@ impl BackgroundTx {
             if state.phase != Phase::NoRuntime {
                 state.phase = Phase::Closed;
             }
-            self.pool.sync_room_hint(&state);
             drop(state);
             self.pool.snapshot()
         };
@@ -970,13 +1119,13 @@ impl BackgroundTx {
             // Register before checking, so an exit between the check and
             // the await still wakes us.
             notified.as_mut().enable();
-            if self.pool.lock().is_idle() {
+            if self.pool.is_idle() {
                 return true;
             }
             match deadline {
                 Some(deadline) => {
                     if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                        return self.pool.lock().is_idle();
+                        return self.pool.is_idle();
                     }
                 }
                 None => notified.await,

@@ -133,7 +133,10 @@ impl fmt::Display for Outcome {
 /// caller of `spawn` pays only for capturing, never for building spans.
 pub(crate) struct Envelope {
     pub(crate) future: BoxTask,
-    /// Index of the task name in the pool's per-name table.
+    /// The task name given to `spawn`.
+    pub(crate) name: &'static str,
+    /// Index of the task name in the pool's per-name table, set when the
+    /// task moves from the inbox into the queue.
     pub(crate) task_index: u32,
     /// Queue depth seen at enqueue (after this task was added).
     pub(crate) depth_at_enqueue: u32,

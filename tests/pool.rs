@@ -414,6 +414,63 @@ async fn several_named_pools_coexist() {
 /// panic, timeout), a checker reading snapshots the whole time, then a
 /// shutdown that cuts work short: the invariant holds at every snapshot and
 /// exactly in the report, and every call is in `spawned` or `dropped`.
+/// `spawn` admits without the lock, and a runner leaves when the queue is
+/// empty: the two race whenever a task arrives as the last one finishes,
+/// which is where a lost wakeup would strand a task (admitted, but no
+/// runner coming). In each round, three threads submit one task each after
+/// a delay that sweeps across the runner's exit, at parallelism 1, and the
+/// round waits until all three ran: nothing later can rescue a stranded
+/// task. The timeout only turns a stranded task into a failure, not a hang.
+#[test]
+fn a_task_spawned_while_the_last_runner_leaves_still_runs() {
+    const ROUNDS: usize = 3_000;
+    const THREADS: usize = 3;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let bg = runtime.block_on(async { Builder::new("handoff").parallelism(1).build().unwrap() });
+    let start = Arc::new(std::sync::Barrier::new(THREADS + 1));
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let producers: Vec<_> = (0..THREADS)
+        .map(|thread| {
+            let bg = bg.clone();
+            let start = start.clone();
+            let done_tx = done_tx.clone();
+            std::thread::spawn(move || {
+                for round in 0..ROUNDS {
+                    start.wait();
+                    for _ in 0..((round * 37 + thread * 101) % 2_000) {
+                        std::hint::spin_loop();
+                    }
+                    let done_tx = done_tx.clone();
+                    bg.spawn("handoff", async move {
+                        let _ = done_tx.send(());
+                    });
+                }
+            })
+        })
+        .collect();
+    for round in 0..ROUNDS {
+        start.wait();
+        for _ in 0..THREADS {
+            done_rx
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("round {round}: stranded: {:?}", bg.snapshot()));
+        }
+    }
+    for producer in producers {
+        producer.join().unwrap();
+    }
+    // The last task signalled from inside its future; its runner records
+    // the completion just after.
+    runtime.block_on(bg.idle());
+    let snapshot = bg.snapshot();
+    assert_eq!(snapshot.completed, (ROUNDS * THREADS) as u64);
+    assert!(snapshot.is_consistent());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stress_invariant_holds_continuously_and_at_shutdown() {
     use rand::{Rng as _, SeedableRng as _};
