@@ -1,7 +1,8 @@
 //! Live counters and the snapshot they produce.
 //!
 //! All counters live under the pool's one lock (the same guard that holds the
-//! queue), so a snapshot is a consistent cut: the invariant
+//! queue; tasks admitted without it are absorbed under it before anything is
+//! read), so a snapshot is a consistent cut: the invariant
 //! `spawned = completed + failed + panicked + timed_out + abandoned + queued + running`
 //! holds exactly in every snapshot, not just eventually.
 

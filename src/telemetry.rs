@@ -361,7 +361,9 @@ impl Telemetry {
         let start = SystemTime::now()
             .checked_sub(wait)
             .unwrap_or_else(SystemTime::now);
-        let mut attributes = attrs.pool_task.clone();
+        // Sized once: the SDK adds nothing, so no reallocation per task.
+        let mut attributes = Vec::with_capacity(attrs.pool_task.len() + 2);
+        attributes.extend(attrs.pool_task.iter().cloned());
         attributes.push(KeyValue::new(names::TASK_WAIT_MS, wait_ms));
         attributes.push(KeyValue::new(names::QUEUE_DEPTH, i64::from(depth)));
         let task_span = self
