@@ -60,6 +60,20 @@ fn throughput(c: &mut Criterion) {
                 drive(&setup, Arc::new(move |task| pool.spawn("noop", task)))
             })
         });
+        if mode == Mode::Full {
+            // The opt-in: `bg.run` through the OpenTelemetry API.
+            let pool = setup
+                .builder(1024, 8)
+                .run_span(bg_queue::RunSpan::OpenTelemetry)
+                .build()
+                .unwrap();
+            group.bench_function("bg-queue (RunSpan::OpenTelemetry)", |b| {
+                b.iter(|| {
+                    let pool = pool.clone();
+                    drive(&setup, Arc::new(move |task| pool.spawn("noop", task)))
+                })
+            });
+        }
         group.bench_function("tokio::spawn", |b| {
             b.iter(|| {
                 drive(

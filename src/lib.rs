@@ -81,5 +81,6 @@ pub use report::ShutdownReport;
 pub use stats::{DroppedByReason, DroppedTask, PoolSnapshot, SlowTask, TaskSnapshot};
 pub use task::{Outcome, TaskError, TaskOutput};
 pub use telemetry::{
-    names, InstrumentKind, MetricDefinition, Propagation, DURATION_BUCKETS_SECONDS, METRICS,
+    names, InstrumentKind, MetricDefinition, Propagation, RunSpan, DURATION_BUCKETS_SECONDS,
+    METRICS,
 };

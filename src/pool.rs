@@ -43,14 +43,13 @@ use opentelemetry::KeyValue;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
-use tracing::Instrument;
 
 use crate::report::ShutdownReport;
 use crate::stats::{
     DepthHistory, DropRecord, PoolSnapshot, Ring, SlowRecord, Slowest, TaskStats, WallClock,
 };
 use crate::task::{BoxTask, CatchPanic, Envelope, Outcome, RunEnd, TaskOutput};
-use crate::telemetry::{self, names, Propagation, TaskAttributes, Telemetry};
+use crate::telemetry::{self, names, Propagation, RunSpan, TaskAttributes, Telemetry};
 use crate::{BuildError, SpawnError};
 
 /// Default queue capacity (the seed's `CAPACITY`).
@@ -99,6 +98,7 @@ pub struct Builder {
     parallelism: usize,
     timeout: Option<Duration>,
     propagation: Propagation,
+    run_span: RunSpan,
     meter: Option<Meter>,
     tracer: Option<BoxedTracer>,
     runtime: Option<Handle>,
@@ -112,6 +112,7 @@ impl fmt::Debug for Builder {
             .field("parallelism", &self.parallelism)
             .field("timeout", &self.timeout)
             .field("propagation", &self.propagation)
+            .field("run_span", &self.run_span)
             .field("meter", &self.meter.is_some())
             .field("tracer", &self.tracer.is_some())
             .field("runtime", &self.runtime.is_some())
@@ -128,6 +129,7 @@ impl Builder {
             parallelism: DEFAULT_PARALLELISM,
             timeout: None,
             propagation: Propagation::Child,
+            run_span: RunSpan::Tracing,
             meter: None,
             tracer: None,
             runtime: None,
@@ -159,6 +161,14 @@ impl Builder {
     /// [`Propagation::Child`].
     pub fn propagation(mut self, propagation: Propagation) -> Self {
         self.propagation = propagation;
+        self
+    }
+
+    /// How `bg.run` spans are made. Defaults to [`RunSpan::Tracing`], which
+    /// every subscriber sees; [`RunSpan::OpenTelemetry`] halves the span
+    /// cost per task when OpenTelemetry is the only consumer.
+    pub fn run_span(mut self, run_span: RunSpan) -> Self {
+        self.run_span = run_span;
         self
     }
 
@@ -248,7 +258,7 @@ impl Builder {
             capacity: self.capacity,
             parallelism: self.parallelism,
             timeout: self.timeout,
-            telemetry: Telemetry::new(self.propagation, tracer, &meter),
+            telemetry: Telemetry::new(self.propagation, self.run_span, tracer, &meter),
             state: Mutex::new(State {
                 inbox: inbox_rx,
                 // Grows on demand: an idle pool holds no queue storage.
@@ -571,7 +581,8 @@ impl Pool {
         if let Some(error) = refused {
             drop(boxed.take());
             drop(make_future.take());
-            return Err(self.refuse(name, error, parent, traced, now));
+            let depth = admission & !CLOSED;
+            return Err(self.refuse(name, error, depth, parent, traced, now));
         }
         let future = boxed
             .take()
@@ -591,17 +602,20 @@ impl Pool {
         Ok(())
     }
 
-    /// Counts and reports a task that was not admitted. `closed` errors are
+    /// Counts and reports a task that was not admitted, with `depth` the
+    /// accepted tasks not yet running that `spawn` saw. `closed` errors are
     /// `None` until the phase says which (closed, or no runtime).
     fn refuse(
         self: &Arc<Self>,
         name: &'static str,
         error: Option<SpawnError>,
+        depth: u64,
         parent: opentelemetry::Context,
         traced: bool,
         now: Instant,
     ) -> SpawnError {
-        let mut state = self.lock_absorbed(now);
+        // No need to absorb the inbox: nothing here reads the queue.
+        let mut state = self.lock();
         let error = error.unwrap_or(match state.phase {
             Phase::NoRuntime => SpawnError::NoRuntime,
             Phase::Open | Phase::Draining | Phase::Aborting | Phase::Closed => SpawnError::Closed,
@@ -610,7 +624,6 @@ impl Pool {
         // values (formatting waits for a snapshot).
         let index = state.task_index(&self.name, name, now);
         let reason = error.reason();
-        let depth = state.queue.len();
         state.tasks[index].1.dropped[reason.index()] += 1;
         state.recent_drops.push(DropRecord {
             at: now,
@@ -922,7 +935,7 @@ async fn run_loop(mut guard: RunnerGuard) {
             wait,
             envelope.depth_at_enqueue,
         );
-        let run_span = spans.run_span();
+        let future = spans.scope(CatchPanic::new(envelope.future));
         guard.current = Some(Current {
             task_index,
             attrs,
@@ -930,7 +943,6 @@ async fn run_loop(mut guard: RunnerGuard) {
             started,
         });
 
-        let future = CatchPanic::new(envelope.future).instrument(run_span);
         let end = match pool.timeout {
             Some(limit) => match tokio::time::timeout(limit, future).await {
                 Ok(result) => RunEnd::from_result(result),

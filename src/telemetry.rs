@@ -21,6 +21,11 @@
 //! `set_parent`, so the exported tree is caller -> `bg.task` -> `bg.run` ->
 //! user spans. Spans are recorded only when the current `tracing` subscriber
 //! enables INFO for target `bg_queue`.
+//!
+//! With [`RunSpan::OpenTelemetry`] (opt-in), `bg.run` is also started
+//! through the tracer, and its context is attached while the task is polled:
+//! the exported tree is the same, at about half the span cost, but
+//! subscribers other than the OpenTelemetry layer no longer see `bg.run`.
 
 use std::borrow::Cow;
 use std::sync::{Arc, Weak};
@@ -28,7 +33,7 @@ use std::time::{Duration, SystemTime};
 
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::metrics::{Histogram, Meter};
-use opentelemetry::trace::{Span as _, Status, TraceContextExt, TraceId, Tracer as _};
+use opentelemetry::trace::{Link, Span as _, Status, TraceContextExt, TraceId, Tracer as _};
 use opentelemetry::{Context, KeyValue};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -190,6 +195,29 @@ pub enum Propagation {
     None,
 }
 
+/// How the `bg.run` span is made.
+///
+/// The exported OpenTelemetry tree is the same either way (caller ->
+/// `bg.task` -> `bg.run` -> the task's own spans, with the same names and
+/// attributes); what differs is who else sees `bg.run`, and what it costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RunSpan {
+    /// A `tracing` span (default): every subscriber sees it, so a `fmt`
+    /// log line from inside the task carries `bg.run{bg.task.name=...}`,
+    /// and `tracing-opentelemetry` turns it into the OTel span.
+    #[default]
+    Tracing,
+    /// An OpenTelemetry span started through the pool's tracer, its context
+    /// attached while the task is polled. The task's own `tracing` spans
+    /// still nest under it (`tracing-opentelemetry` parents a span with no
+    /// `tracing` parent to the current OpenTelemetry context, with context
+    /// activation, its default), at about half the cost per task (see
+    /// `BENCHMARKS.md`). Other subscribers, such as `fmt`, no longer see a
+    /// `bg.run` span around the task. Pick it for high task rates with
+    /// OpenTelemetry as the main consumer.
+    OpenTelemetry,
+}
+
 /// Per task name: attribute sets and span names, built once when the name is
 /// first used, so the hot paths never allocate them.
 pub(crate) struct TaskAttributes {
@@ -236,17 +264,52 @@ impl TaskAttributes {
     }
 }
 
+/// The `bg.run` span, made one way or the other (see [`RunSpan`]).
+enum RunHandle {
+    Tracing(tracing::Span),
+    /// A context holding the OpenTelemetry `bg.run` span.
+    OpenTelemetry(Context),
+}
+
 /// The spans of one running task.
 pub(crate) struct TaskSpans {
-    run: tracing::Span,
+    run: RunHandle,
     /// Context holding the `bg.task` span (None when spans are off).
     task: Option<Context>,
 }
 
+/// A task future running inside its `bg.run` span.
+pub(crate) enum Scoped<F> {
+    Tracing(tracing::instrument::Instrumented<F>),
+    OpenTelemetry(opentelemetry::context::WithContext<F>),
+}
+
+impl<F: std::future::Future + Unpin> std::future::Future for Scoped<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        // Every variant is `Unpin` (the task future is boxed).
+        match self.get_mut() {
+            Scoped::Tracing(future) => std::pin::Pin::new(future).poll(cx),
+            Scoped::OpenTelemetry(future) => std::pin::Pin::new(future).poll(cx),
+        }
+    }
+}
+
 impl TaskSpans {
-    /// The span the task's future runs in.
-    pub(crate) fn run_span(&self) -> tracing::Span {
-        self.run.clone()
+    /// Runs `future` inside `bg.run`.
+    pub(crate) fn scope<F: std::future::Future + Unpin>(&self, future: F) -> Scoped<F> {
+        match &self.run {
+            RunHandle::Tracing(span) => {
+                Scoped::Tracing(tracing::Instrument::instrument(future, span.clone()))
+            }
+            RunHandle::OpenTelemetry(cx) => Scoped::OpenTelemetry(
+                opentelemetry::context::FutureExt::with_context(future, cx.clone()),
+            ),
+        }
     }
 
     /// Trace id of `bg.task`, for the "slowest" list.
@@ -272,6 +335,7 @@ pub(crate) fn trace_id_of(cx: &Context) -> Option<TraceId> {
 /// The pool's tracer and sync instruments.
 pub(crate) struct Telemetry {
     pub(crate) propagation: Propagation,
+    run_span: RunSpan,
     tracer: BoxedTracer,
     wait: Histogram<f64>,
     duration: Histogram<f64>,
@@ -281,6 +345,7 @@ impl std::fmt::Debug for Telemetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Telemetry")
             .field("propagation", &self.propagation)
+            .field("run_span", &self.run_span)
             .finish_non_exhaustive()
     }
 }
@@ -296,9 +361,15 @@ fn histogram(meter: &Meter, name: &str) -> Histogram<f64> {
 }
 
 impl Telemetry {
-    pub(crate) fn new(propagation: Propagation, tracer: BoxedTracer, meter: &Meter) -> Self {
+    pub(crate) fn new(
+        propagation: Propagation,
+        run_span: RunSpan,
+        tracer: BoxedTracer,
+        meter: &Meter,
+    ) -> Self {
         Telemetry {
             propagation,
+            run_span,
             tracer,
             wait: histogram(meter, "bg.task.wait"),
             duration: histogram(meter, "bg.task.duration"),
@@ -341,19 +412,38 @@ impl Telemetry {
         depth: u32,
     ) -> TaskSpans {
         let wait_ms = wait.as_secs_f64() * 1000.0;
-        let run = tracing::info_span!(
-            target: "bg_queue",
-            parent: None,
-            "bg.run",
-            otel.name = attrs.run_span_name,
-            bg.pool.name = pool,
-            bg.task.name = attrs.name,
-            bg.task.wait_ms = wait_ms,
-            bg.task.outcome = tracing::field::Empty,
-        );
-        if run.is_disabled() || !subscriber_present() {
-            return TaskSpans { run, task: None };
-        }
+        let run_tracing = match self.run_span {
+            RunSpan::Tracing => {
+                let run = tracing::info_span!(
+                    target: "bg_queue",
+                    parent: None,
+                    "bg.run",
+                    otel.name = attrs.run_span_name,
+                    bg.pool.name = pool,
+                    bg.task.name = attrs.name,
+                    bg.task.wait_ms = wait_ms,
+                    bg.task.outcome = tracing::field::Empty,
+                );
+                if run.is_disabled() || !subscriber_present() {
+                    return TaskSpans {
+                        run: RunHandle::Tracing(run),
+                        task: None,
+                    };
+                }
+                Some(run)
+            }
+            RunSpan::OpenTelemetry => {
+                if !subscriber_present()
+                    || !tracing::enabled!(target: "bg_queue", tracing::Level::INFO)
+                {
+                    return TaskSpans {
+                        run: RunHandle::Tracing(tracing::Span::none()),
+                        task: None,
+                    };
+                }
+                None
+            }
+        };
         let parent = match self.propagation {
             Propagation::None => Context::new(),
             Propagation::Child | Propagation::Link => parent,
@@ -373,15 +463,41 @@ impl Telemetry {
             .with_attributes(attributes)
             .start_with_context(&self.tracer, &parent);
         let task = parent.with_span(task_span);
-        // `set_parent` only fails when no OpenTelemetry layer is installed
-        // (then there is no parent to set) or the span was already started,
-        // which cannot happen: it was created just above and never entered.
-        if self.propagation == Propagation::Link {
-            let _ = run.set_parent(Context::new());
-            run.add_link(parent.span().span_context().clone());
-        } else {
-            let _ = run.set_parent(task.clone());
-        }
+        let link = self.propagation == Propagation::Link;
+        let run = match run_tracing {
+            Some(run) => {
+                // `set_parent` only fails when no OpenTelemetry layer is
+                // installed (then there is no parent to set) or the span was
+                // already started, which cannot happen: it was created just
+                // above and never entered.
+                if link {
+                    let _ = run.set_parent(Context::new());
+                    run.add_link(parent.span().span_context().clone());
+                } else {
+                    let _ = run.set_parent(task.clone());
+                }
+                RunHandle::Tracing(run)
+            }
+            None => {
+                let mut attributes = Vec::with_capacity(attrs.pool_task.len() + 1);
+                attributes.extend(attrs.pool_task.iter().cloned());
+                attributes.push(KeyValue::new(names::TASK_WAIT_MS, wait_ms));
+                let mut builder = self
+                    .tracer
+                    .span_builder(Cow::Borrowed(attrs.run_span_name))
+                    .with_attributes(attributes);
+                let run_parent = if link {
+                    builder = builder.with_links(vec![Link::with_context(
+                        parent.span().span_context().clone(),
+                    )]);
+                    Context::new()
+                } else {
+                    task.clone()
+                };
+                let span = builder.start_with_context(&self.tracer, &run_parent);
+                RunHandle::OpenTelemetry(run_parent.with_span(span))
+            }
+        };
         TaskSpans {
             run,
             task: Some(task),
@@ -395,14 +511,26 @@ impl Telemetry {
             (outcome == Outcome::Abandoned)
                 .then(|| ("abandoned at the shutdown deadline".into(), "abandoned"))
         });
-        if !run.is_disabled() {
-            run.record(names::TASK_OUTCOME, outcome.as_str());
-            if let Some((message, error_type)) = &error {
-                run.set_attribute(names::ERROR_TYPE, *error_type);
-                run.set_status(Status::error(message.clone()));
+        match run {
+            RunHandle::Tracing(run) => {
+                if !run.is_disabled() {
+                    run.record(names::TASK_OUTCOME, outcome.as_str());
+                    if let Some((message, error_type)) = &error {
+                        run.set_attribute(names::ERROR_TYPE, *error_type);
+                        run.set_status(Status::error(message.clone()));
+                    }
+                }
+            }
+            RunHandle::OpenTelemetry(cx) => {
+                let span = cx.span();
+                span.set_attribute(KeyValue::new(names::TASK_OUTCOME, outcome.as_str()));
+                if let Some((message, error_type)) = &error {
+                    span.set_attribute(KeyValue::new(names::ERROR_TYPE, *error_type));
+                    span.set_status(Status::error(message.clone()));
+                }
+                span.end();
             }
         }
-        drop(run);
         if let Some(task) = task {
             let span = task.span();
             span.set_attribute(KeyValue::new(names::TASK_OUTCOME, outcome.as_str()));
@@ -421,7 +549,7 @@ impl Telemetry {
         attrs: &TaskAttributes,
         parent: &Context,
         reason: DropReason,
-        depth: usize,
+        depth: u64,
     ) {
         if !tracing::enabled!(target: "bg_queue", tracing::Level::INFO) {
             return;
@@ -431,7 +559,7 @@ impl Telemetry {
         attributes.extend([
             KeyValue::new(names::TASK_OUTCOME, Outcome::Dropped.as_str()),
             KeyValue::new(names::DROP_REASON, reason.as_str()),
-            KeyValue::new(names::QUEUE_DEPTH, depth as i64),
+            KeyValue::new(names::QUEUE_DEPTH, i64::try_from(depth).unwrap_or(i64::MAX)),
             KeyValue::new(names::ERROR_TYPE, reason.as_str()),
         ]);
         let parent = match self.propagation {

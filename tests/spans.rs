@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bg_queue::{Builder, Propagation};
+use bg_queue::{Builder, Propagation, RunSpan};
 use common::{attr, attr_str, names, Tracing};
 use opentelemetry::trace::{SpanId, Status};
 use opentelemetry::Value;
@@ -293,4 +293,94 @@ async fn without_a_subscriber_no_span_is_built() {
     bg.idle().await;
     assert!(tracing.spans().is_empty(), "{:?}", names(&tracing.spans()));
     assert_eq!(bg.snapshot().completed, 1);
+}
+
+/// `RunSpan::OpenTelemetry`: `bg.run` comes from the tracer, yet the exported
+/// tree, names and attributes are the ones the default mode exports, and the
+/// task's own `tracing` spans still nest under it.
+#[tokio::test]
+async fn opentelemetry_run_spans_export_the_same_tree() {
+    let tracing = Tracing::new();
+    let _guard = tracing::subscriber::set_default(tracing.subscriber());
+    let bg = Builder::new("mail")
+        .parallelism(1)
+        .run_span(RunSpan::OpenTelemetry)
+        .tracer(tracing.tracer())
+        .build()
+        .unwrap();
+    async {
+        bg.spawn("send_receipt_email", async {
+            async {
+                tracing::info_span!("smtp.rcpt").in_scope(|| {});
+            }
+            .instrument(tracing::info_span!("smtp.send"))
+            .await
+        });
+        bg.spawn("subscribe", async { Err::<(), _>("list API answered 503") });
+    }
+    .instrument(tracing::info_span!("POST /webhooks/stripe"))
+    .await;
+    bg.idle().await;
+
+    let caller = tracing.span("POST /webhooks/stripe");
+    let task = tracing.span("bg send_receipt_email");
+    let run = tracing.span("run send_receipt_email");
+    let user = tracing.span("smtp.send");
+    let nested = tracing.span("smtp.rcpt");
+    let trace_id = caller.span_context.trace_id();
+    for span in [&task, &run, &user, &nested] {
+        assert_eq!(span.span_context.trace_id(), trace_id, "{}", span.name);
+    }
+    assert_eq!(task.parent_span_id, caller.span_context.span_id());
+    assert_eq!(run.parent_span_id, task.span_context.span_id());
+    assert_eq!(user.parent_span_id, run.span_context.span_id());
+    assert_eq!(nested.parent_span_id, user.span_context.span_id());
+    assert_eq!(attr_str(&run, "bg.pool.name").as_deref(), Some("mail"));
+    assert_eq!(
+        attr_str(&run, "bg.task.name").as_deref(),
+        Some("send_receipt_email")
+    );
+    assert_eq!(attr_str(&run, "bg.task.outcome").as_deref(), Some("ok"));
+    assert!(attr(&run, "bg.task.wait_ms").is_some());
+    assert_eq!(run.status, Status::Unset);
+    assert!(task.start_time <= run.start_time && task.end_time >= run.end_time);
+    assert!(run.start_time <= user.start_time && run.end_time >= user.end_time);
+
+    let failed = tracing.span("run subscribe");
+    assert_eq!(
+        attr_str(&failed, "bg.task.outcome").as_deref(),
+        Some("failed")
+    );
+    assert_eq!(attr_str(&failed, "error.type").as_deref(), Some("&str"));
+    assert_eq!(failed.status, Status::error("list API answered 503"));
+}
+
+#[tokio::test]
+async fn opentelemetry_run_spans_in_link_mode_start_a_linked_trace() {
+    let tracing = Tracing::new();
+    let _guard = tracing::subscriber::set_default(tracing.subscriber());
+    let bg = Builder::new("mail")
+        .propagation(Propagation::Link)
+        .run_span(RunSpan::OpenTelemetry)
+        .tracer(tracing.tracer())
+        .build()
+        .unwrap();
+    async {
+        bg.spawn("digest", async {
+            tracing::info_span!("render").in_scope(|| {});
+        });
+    }
+    .instrument(tracing::info_span!("request"))
+    .await;
+    bg.idle().await;
+    let caller = tracing.span("request");
+    let task = tracing.span("bg digest");
+    let run = tracing.span("run digest");
+    let user = tracing.span("render");
+    assert_eq!(task.parent_span_id, caller.span_context.span_id());
+    assert_ne!(run.span_context.trace_id(), caller.span_context.trace_id());
+    assert_eq!(run.parent_span_id, SpanId::INVALID);
+    let links: Vec<_> = run.links.iter().map(|l| l.span_context.clone()).collect();
+    assert_eq!(links, vec![caller.span_context.clone()]);
+    assert_eq!(user.parent_span_id, run.span_context.span_id());
 }

@@ -119,6 +119,11 @@ impl Setup {
 
     /// A bg-queue pool with the seed's defaults and this setup's telemetry.
     pub fn pool(&self, capacity: usize, parallelism: usize) -> bg_queue::BackgroundTx {
+        self.builder(capacity, parallelism).build().unwrap()
+    }
+
+    /// A pool builder wired to this set-up's runtime, meter and tracer.
+    pub fn builder(&self, capacity: usize, parallelism: usize) -> bg_queue::Builder {
         let mut builder = bg_queue::Builder::new("bench")
             .capacity(capacity)
             .parallelism(parallelism)
@@ -129,7 +134,7 @@ impl Setup {
         if let Some(tracer) = &self.tracer {
             builder = builder.tracer(tracer.tracer("bg-queue"));
         }
-        builder.build().unwrap()
+        builder
     }
 
     /// Runs `f` with this setup's subscriber as the thread's default.
