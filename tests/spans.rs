@@ -25,14 +25,39 @@ fn pool(tracing: &Tracing, propagation: Propagation) -> bg_queue::BackgroundTx {
 
 #[tokio::test]
 async fn child_mode_chains_caller_task_run_and_user_spans() {
+    exports_the_request_tree(RunSpan::Tracing).await;
+}
+
+/// `RunSpan::OpenTelemetry`: `bg.run` comes from the tracer, yet the exported
+/// tree, names, attributes and statuses are the default mode's, and the
+/// task's own `tracing` spans still nest under it.
+#[tokio::test]
+async fn opentelemetry_run_spans_export_the_same_tree() {
+    exports_the_request_tree(RunSpan::OpenTelemetry).await;
+}
+
+/// A webhook-like caller spawns a task with nested spans of its own and a
+/// failing one; checks parents, attributes, statuses and timing.
+async fn exports_the_request_tree(run_span: RunSpan) {
     let tracing = Tracing::new();
     let _guard = tracing::subscriber::set_default(tracing.subscriber());
-    let bg = pool(&tracing, Propagation::Child);
+    let bg = Builder::new("mail")
+        .parallelism(1)
+        .capacity(4)
+        .run_span(run_span)
+        .tracer(tracing.tracer())
+        .build()
+        .unwrap();
 
     async {
         bg.spawn("send_receipt_email", async {
-            async {}.instrument(tracing::info_span!("smtp.send")).await
+            async {
+                tracing::info_span!("smtp.rcpt").in_scope(|| {});
+            }
+            .instrument(tracing::info_span!("smtp.send"))
+            .await
         });
+        bg.spawn("subscribe", async { Err::<(), _>("list API answered 503") });
     }
     .instrument(tracing::info_span!("POST /webhooks/stripe"))
     .await;
@@ -42,13 +67,15 @@ async fn child_mode_chains_caller_task_run_and_user_spans() {
     let task = tracing.span("bg send_receipt_email");
     let run = tracing.span("run send_receipt_email");
     let user = tracing.span("smtp.send");
+    let nested = tracing.span("smtp.rcpt");
     let trace_id = caller.span_context.trace_id();
-    for span in [&task, &run, &user] {
+    for span in [&task, &run, &user, &nested] {
         assert_eq!(span.span_context.trace_id(), trace_id, "{}", span.name);
     }
     assert_eq!(task.parent_span_id, caller.span_context.span_id());
     assert_eq!(run.parent_span_id, task.span_context.span_id());
     assert_eq!(user.parent_span_id, run.span_context.span_id());
+    assert_eq!(nested.parent_span_id, user.span_context.span_id());
 
     for span in [&task, &run] {
         assert_eq!(attr_str(span, "bg.pool.name").as_deref(), Some("mail"));
@@ -62,8 +89,19 @@ async fn child_mode_chains_caller_task_run_and_user_spans() {
     }
     assert_eq!(attr(&task, "bg.queue.depth"), Some(Value::I64(1)));
     // bg.task covers the whole life: it starts no later than bg.run and ends
-    // no earlier.
+    // no earlier; bg.run covers the user's span.
     assert!(task.start_time <= run.start_time && task.end_time >= run.end_time);
+    assert!(run.start_time <= user.start_time && run.end_time >= user.end_time);
+
+    for name in ["bg subscribe", "run subscribe"] {
+        let failed = tracing.span(name);
+        assert_eq!(
+            attr_str(&failed, "bg.task.outcome").as_deref(),
+            Some("failed")
+        );
+        assert_eq!(attr_str(&failed, "error.type").as_deref(), Some("&str"));
+        assert_eq!(failed.status, Status::error("list API answered 503"));
+    }
 }
 
 #[tokio::test]
@@ -133,11 +171,27 @@ async fn the_caller_span_is_exported_while_the_task_still_waits() {
 
 #[tokio::test]
 async fn link_mode_starts_a_new_trace_linked_to_the_caller() {
+    link_mode_tree(RunSpan::Tracing).await;
+}
+
+#[tokio::test]
+async fn opentelemetry_run_spans_in_link_mode_start_a_linked_trace() {
+    link_mode_tree(RunSpan::OpenTelemetry).await;
+}
+
+async fn link_mode_tree(run_span: RunSpan) {
     let tracing = Tracing::new();
     let _guard = tracing::subscriber::set_default(tracing.subscriber());
-    let bg = pool(&tracing, Propagation::Link);
+    let bg = Builder::new("mail")
+        .propagation(Propagation::Link)
+        .run_span(run_span)
+        .tracer(tracing.tracer())
+        .build()
+        .unwrap();
     async {
-        bg.spawn("digest", async {});
+        bg.spawn("digest", async {
+            tracing::info_span!("render").in_scope(|| {});
+        });
     }
     .instrument(tracing::info_span!("request"))
     .await;
@@ -145,12 +199,14 @@ async fn link_mode_starts_a_new_trace_linked_to_the_caller() {
     let caller = tracing.span("request");
     let task = tracing.span("bg digest");
     let run = tracing.span("run digest");
+    let user = tracing.span("render");
     assert_eq!(task.span_context.trace_id(), caller.span_context.trace_id());
     assert_eq!(task.parent_span_id, caller.span_context.span_id());
     assert_ne!(run.span_context.trace_id(), caller.span_context.trace_id());
     assert_eq!(run.parent_span_id, SpanId::INVALID);
     let links: Vec<_> = run.links.iter().map(|l| l.span_context.clone()).collect();
     assert_eq!(links, vec![caller.span_context.clone()]);
+    assert_eq!(user.parent_span_id, run.span_context.span_id());
 }
 
 #[tokio::test]
@@ -293,94 +349,4 @@ async fn without_a_subscriber_no_span_is_built() {
     bg.idle().await;
     assert!(tracing.spans().is_empty(), "{:?}", names(&tracing.spans()));
     assert_eq!(bg.snapshot().completed, 1);
-}
-
-/// `RunSpan::OpenTelemetry`: `bg.run` comes from the tracer, yet the exported
-/// tree, names and attributes are the ones the default mode exports, and the
-/// task's own `tracing` spans still nest under it.
-#[tokio::test]
-async fn opentelemetry_run_spans_export_the_same_tree() {
-    let tracing = Tracing::new();
-    let _guard = tracing::subscriber::set_default(tracing.subscriber());
-    let bg = Builder::new("mail")
-        .parallelism(1)
-        .run_span(RunSpan::OpenTelemetry)
-        .tracer(tracing.tracer())
-        .build()
-        .unwrap();
-    async {
-        bg.spawn("send_receipt_email", async {
-            async {
-                tracing::info_span!("smtp.rcpt").in_scope(|| {});
-            }
-            .instrument(tracing::info_span!("smtp.send"))
-            .await
-        });
-        bg.spawn("subscribe", async { Err::<(), _>("list API answered 503") });
-    }
-    .instrument(tracing::info_span!("POST /webhooks/stripe"))
-    .await;
-    bg.idle().await;
-
-    let caller = tracing.span("POST /webhooks/stripe");
-    let task = tracing.span("bg send_receipt_email");
-    let run = tracing.span("run send_receipt_email");
-    let user = tracing.span("smtp.send");
-    let nested = tracing.span("smtp.rcpt");
-    let trace_id = caller.span_context.trace_id();
-    for span in [&task, &run, &user, &nested] {
-        assert_eq!(span.span_context.trace_id(), trace_id, "{}", span.name);
-    }
-    assert_eq!(task.parent_span_id, caller.span_context.span_id());
-    assert_eq!(run.parent_span_id, task.span_context.span_id());
-    assert_eq!(user.parent_span_id, run.span_context.span_id());
-    assert_eq!(nested.parent_span_id, user.span_context.span_id());
-    assert_eq!(attr_str(&run, "bg.pool.name").as_deref(), Some("mail"));
-    assert_eq!(
-        attr_str(&run, "bg.task.name").as_deref(),
-        Some("send_receipt_email")
-    );
-    assert_eq!(attr_str(&run, "bg.task.outcome").as_deref(), Some("ok"));
-    assert!(attr(&run, "bg.task.wait_ms").is_some());
-    assert_eq!(run.status, Status::Unset);
-    assert!(task.start_time <= run.start_time && task.end_time >= run.end_time);
-    assert!(run.start_time <= user.start_time && run.end_time >= user.end_time);
-
-    let failed = tracing.span("run subscribe");
-    assert_eq!(
-        attr_str(&failed, "bg.task.outcome").as_deref(),
-        Some("failed")
-    );
-    assert_eq!(attr_str(&failed, "error.type").as_deref(), Some("&str"));
-    assert_eq!(failed.status, Status::error("list API answered 503"));
-}
-
-#[tokio::test]
-async fn opentelemetry_run_spans_in_link_mode_start_a_linked_trace() {
-    let tracing = Tracing::new();
-    let _guard = tracing::subscriber::set_default(tracing.subscriber());
-    let bg = Builder::new("mail")
-        .propagation(Propagation::Link)
-        .run_span(RunSpan::OpenTelemetry)
-        .tracer(tracing.tracer())
-        .build()
-        .unwrap();
-    async {
-        bg.spawn("digest", async {
-            tracing::info_span!("render").in_scope(|| {});
-        });
-    }
-    .instrument(tracing::info_span!("request"))
-    .await;
-    bg.idle().await;
-    let caller = tracing.span("request");
-    let task = tracing.span("bg digest");
-    let run = tracing.span("run digest");
-    let user = tracing.span("render");
-    assert_eq!(task.parent_span_id, caller.span_context.span_id());
-    assert_ne!(run.span_context.trace_id(), caller.span_context.trace_id());
-    assert_eq!(run.parent_span_id, SpanId::INVALID);
-    let links: Vec<_> = run.links.iter().map(|l| l.span_context.clone()).collect();
-    assert_eq!(links, vec![caller.span_context.clone()]);
-    assert_eq!(user.parent_span_id, run.span_context.span_id());
 }
