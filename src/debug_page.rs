@@ -152,6 +152,7 @@ h1{font-size:1.3em;margin:0 0 .2em} h2{font-size:1.1em;margin:1.4em 0 .4em}
 table{border-collapse:collapse;width:100%;margin:.3em 0} th,td{padding:3px 8px;border-bottom:1px solid #eaecf0;text-align:right}
 th:first-child,td:first-child{text-align:left} tr.bad td{background:#fef3f2}
 svg{background:#f2f4f7;border-radius:4px}
+summary{cursor:pointer;color:#475467;margin:.2em 0 .6em}
 "#;
 
 const SCRIPT: &str = r#"
@@ -160,7 +161,11 @@ const SCRIPT: &str = r#"
   function tick(){
     fetch(location.pathname+'?partial=1',{cache:'no-store'})
       .then(function(r){return r.ok?r.text():Promise.reject(r.status)})
-      .then(function(t){live.innerHTML=t;document.getElementById('stale').textContent='';})
+      .then(function(t){
+        var open=[].map.call(live.querySelectorAll('details[open]'),function(d){return d.id;});
+        live.innerHTML=t;
+        open.forEach(function(id){var d=document.getElementById(id);if(d){d.open=true;}});
+        document.getElementById('stale').textContent='';})
       .catch(function(){document.getElementById('stale').textContent=' (refresh failed; retrying)';});
   }
   setInterval(tick,2000);
@@ -269,23 +274,48 @@ fn pool_section(pool: &PoolSnapshot, jaeger: &str) -> Markup {
             }
             h2 { "Recent drops" }
             @if pool.recent_drops.is_empty() { p.muted { "None." } } @else {
-                table {
-                    thead { tr { th { "at" } th { "task" } th { "reason" } th { "trace" } } }
-                    tbody { @for drop in &pool.recent_drops { tr.bad {
+                (folded_table(
+                    &format!("drops-{}", pool.name),
+                    html! { th { "at" } th { "task" } th { "reason" } th { "trace" } },
+                    pool.recent_drops.iter().map(|drop| html! { tr.bad {
                         td { (drop.at) } td { (drop.task) } td { (drop.reason) } td { (trace_link(jaeger, drop.trace_id.as_deref())) }
-                    } } }
-                }
+                    } }),
+                ))
             }
             h2 { "Slowest recent runs" }
             @if pool.slowest.is_empty() { p.muted { "None yet." } } @else {
-                table {
-                    thead { tr { th { "at" } th { "task" } th { "outcome" } th { "wait ms" } th { "run ms" } th { "trace" } } }
-                    tbody { @for slow in &pool.slowest { tr.bad[slow.outcome != "ok"] {
+                (folded_table(
+                    &format!("slowest-{}", pool.name),
+                    html! { th { "at" } th { "task" } th { "outcome" } th { "wait ms" } th { "run ms" } th { "trace" } },
+                    pool.slowest.iter().map(|slow| html! { tr.bad[slow.outcome != "ok"] {
                         td { (slow.at) } td { (slow.task) } td { (slow.outcome) }
                         td { (format!("{:.1}", slow.wait_ms)) } td { (format!("{:.1}", slow.run_ms)) }
                         td { (trace_link(jaeger, slow.trace_id.as_deref())) }
-                    } } }
-                }
+                    } }),
+                ))
+            }
+        }
+    }
+}
+
+/// Rows shown before the "more" fold of the drops and slowest tables.
+const FOLD_AFTER: usize = 5;
+
+/// A table showing its first [`FOLD_AFTER`] rows, the rest behind a
+/// `<details>` fold (no script needed; the refresh script keeps a fold the
+/// reader opened open).
+fn folded_table(id: &str, head: Markup, rows: impl Iterator<Item = Markup>) -> Markup {
+    let rows: Vec<Markup> = rows.collect();
+    let (first, rest) = rows.split_at(rows.len().min(FOLD_AFTER));
+    html! {
+        table {
+            thead { tr { (head) } }
+            tbody { @for row in first { (row) } }
+        }
+        @if !rest.is_empty() {
+            details id=(id) {
+                summary { (rest.len()) " more" }
+                table { tbody { @for row in rest { (row) } } }
             }
         }
     }

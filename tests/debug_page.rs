@@ -273,5 +273,16 @@ async fn response_size_is_bounded_under_heavy_drops() {
     );
     assert!(json.len() < 16 * 1024, "json is {} bytes", json.len());
     assert!(html.len() < 64 * 1024, "html is {} bytes", html.len());
+    // The 20 recent drops: 5 in view, 15 behind a fold the reader can open.
+    let drops =
+        &html[html.find("Recent drops").unwrap()..html.find("Slowest recent runs").unwrap()];
+    let (shown, folded) = drops.split_at(drops.find("<details").expect("a fold"));
+    assert_eq!(shown.matches("<tr class=\"bad\">").count(), 5, "{shown}");
+    assert!(
+        folded.starts_with("<details id=\"drops-flood\">"),
+        "{folded}"
+    );
+    assert!(folded.contains("<summary>15 more</summary>"), "{folded}");
+    assert_eq!(folded.matches("<tr class=\"bad\">").count(), 15, "{folded}");
     bg.idle().await;
 }
