@@ -151,10 +151,11 @@ async fn a_flood_of_a_million_spawns_adds_up_exactly() {
     assert!(growth_kib < 64 * 1024, "RSS grew by {growth_kib} KiB");
     let p99 = percentile(&mut latencies, 0.99);
     println!(
-        "flood: calls={calls} accepted={accepted} dropped={} in {:.2}s; RSS {rss_before} -> {rss_after} KiB (peak {peak} KiB); spawn p99 {:.1} us (debug build)",
+        "flood: calls={calls} accepted={accepted} dropped={} in {:.2}s; RSS {rss_before} -> {rss_after} KiB (peak {peak} KiB); spawn p99 {:.1} us ({} build)",
         calls - accepted,
         elapsed.as_secs_f64(),
-        p99 as f64 / 1000.0
+        p99 as f64 / 1000.0,
+        if cfg!(debug_assertions) { "debug" } else { "release" }
     );
 }
 
