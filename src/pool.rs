@@ -451,8 +451,9 @@ pub(crate) struct Pool {
     /// `spawn` with a compare-and-swap (never past `capacity`), decremented
     /// under the lock when a task starts or is abandoned.
     admission: AtomicU64,
-    /// Runners started and not yet exited (at most `parallelism`, briefly
-    /// one more while an exiting runner steps back in).
+    /// Runners counted as active, never more than `parallelism`. An exiting
+    /// runner steps out of this count before it leaves the registry in
+    /// `state.runners`, so the registry may briefly list one more.
     runner_count: AtomicUsize,
 }
 
