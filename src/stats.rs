@@ -171,18 +171,35 @@ impl Slowest {
 /// seconds with no change repeat the depth of the last change when read.
 pub(crate) struct DepthHistory {
     epoch: Instant,
-    /// Per slot: (second since epoch, max depth in that second).
-    slots: Box<[(u64, u32); DEPTH_HISTORY_SECS]>,
-    last_second: u64,
+    slots: Box<[DepthSlot; DEPTH_HISTORY_SECS]>,
     last_depth: u32,
+}
+
+/// One second of depth history, kept only for seconds in which the depth
+/// changed.
+#[derive(Debug, Clone, Copy)]
+struct DepthSlot {
+    /// Seconds since the epoch (`u64::MAX`: never used).
+    second: u64,
+    /// Depth when the second began (left by the previous change).
+    start: u32,
+    /// Highest depth during the second.
+    max: u32,
+    /// Depth when the second ended (after its last change).
+    end: u32,
 }
 
 impl DepthHistory {
     pub(crate) fn new(now: Instant) -> Self {
+        let unused = DepthSlot {
+            second: u64::MAX,
+            start: 0,
+            max: 0,
+            end: 0,
+        };
         DepthHistory {
             epoch: now,
-            slots: Box::new([(u64::MAX, 0); DEPTH_HISTORY_SECS]),
-            last_second: 0,
+            slots: Box::new([unused; DEPTH_HISTORY_SECS]),
             last_depth: 0,
         }
     }
@@ -195,43 +212,45 @@ impl DepthHistory {
         let depth = u32::try_from(depth).unwrap_or(u32::MAX);
         let second = self.second(now);
         let slot = &mut self.slots[second as usize % DEPTH_HISTORY_SECS];
-        if slot.0 == second {
-            slot.1 = slot.1.max(depth);
+        if slot.second == second {
+            slot.max = slot.max.max(depth);
         } else {
-            // First change in this second: the second started at the depth
-            // left by the last change.
-            let carried = if second > self.last_second {
-                self.last_depth
-            } else {
-                0
+            // First change in this second: it began at the depth left by
+            // the last change.
+            *slot = DepthSlot {
+                second,
+                start: self.last_depth,
+                max: depth.max(self.last_depth),
+                end: depth,
             };
-            *slot = (second, depth.max(carried));
         }
-        self.last_second = second;
+        slot.end = depth;
         self.last_depth = depth;
     }
 
-    /// One value per second, oldest first, ending with the current second.
+    /// One value per second (the highest depth in it), oldest first, ending
+    /// with the current second. A second without changes shows the depth
+    /// the queue was left at.
     pub(crate) fn samples(&self, now: Instant) -> Vec<u32> {
         let now_second = self.second(now);
         let first = now_second.saturating_sub(DEPTH_HISTORY_SECS as u64 - 1);
-        let mut carried = 0;
-        // Depth before the window: the last change before `first`, if known.
-        if self.last_second < first {
-            carried = self.last_depth;
-        }
+        let slot_at = |second: u64| {
+            let slot = self.slots[second as usize % DEPTH_HISTORY_SECS];
+            (slot.second == second).then_some(slot)
+        };
+        // Before the window's first change, the depth that change started
+        // from; with no change in the window, the last depth recorded.
+        let mut carried = (first..=now_second)
+            .find_map(slot_at)
+            .map_or(self.last_depth, |slot| slot.start);
         let mut out = Vec::with_capacity((now_second - first + 1) as usize);
         for second in first..=now_second {
-            let slot = self.slots[second as usize % DEPTH_HISTORY_SECS];
-            if slot.0 == second {
-                out.push(slot.1);
-                carried = if second == self.last_second {
-                    self.last_depth
-                } else {
-                    slot.1
-                };
-            } else {
-                out.push(carried);
+            match slot_at(second) {
+                Some(slot) => {
+                    out.push(slot.max);
+                    carried = slot.end;
+                }
+                None => out.push(carried),
             }
         }
         out
@@ -521,6 +540,39 @@ mod tests {
         assert_eq!(&samples[samples.len() - 2..], &[2, 0]);
         // Five seconds after the pool started: six one-second samples.
         assert_eq!(samples.len(), 6);
+    }
+
+    #[test]
+    fn depth_history_carries_the_end_depth_not_the_peak() {
+        let start = Instant::now();
+        let mut history = DepthHistory::new(start);
+        // A burst to 1,000 drained within second 3, quiet, then a change.
+        history.record(1_000, start + Duration::from_millis(3_100));
+        history.record(0, start + Duration::from_millis(3_900));
+        history.record(2, start + Duration::from_millis(6_500));
+        let samples = history.samples(start + Duration::from_secs(7));
+        assert_eq!(&samples[2..], &[0, 1_000, 0, 0, 2, 2]);
+    }
+
+    #[test]
+    fn depth_history_before_the_first_change_in_the_window_is_the_old_depth() {
+        let start = Instant::now();
+        let mut history = DepthHistory::new(start);
+        // Stuck at 50 since second 0; the next change comes 400 s later,
+        // when second 0 has left the 300 s window.
+        history.record(50, start);
+        history.record(49, start + Duration::from_secs(400));
+        let samples = history.samples(start + Duration::from_secs(400));
+        assert_eq!(samples.len(), DEPTH_HISTORY_SECS);
+        assert!(samples[..DEPTH_HISTORY_SECS - 1].iter().all(|&d| d == 50));
+        assert_eq!(
+            samples[DEPTH_HISTORY_SECS - 1],
+            50,
+            "the max of that second"
+        );
+        // With no change in the window at all, the last depth is shown.
+        let later = history.samples(start + Duration::from_secs(1_000));
+        assert!(later.iter().all(|&d| d == 49), "{later:?}");
     }
 
     #[test]
