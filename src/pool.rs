@@ -397,10 +397,18 @@ impl State {
     /// Takes every queued task out, counting it abandoned. The caller has
     /// absorbed the inbox and made sure nothing admitted is still on its
     /// way (see [`Pool::abandon_queued`]).
-    fn abandon_queued(&mut self, admission: &AtomicU64) -> Vec<(&'static str, u64)> {
+    ///
+    /// Returns the counts by name and the tasks themselves: the caller drops
+    /// them after releasing the lock, since a task's `Drop` is user code and
+    /// may call `spawn` on this pool.
+    fn abandon_queued(
+        &mut self,
+        admission: &AtomicU64,
+    ) -> (Vec<(&'static str, u64)>, VecDeque<Envelope>) {
         let mut abandoned: Vec<(&'static str, u64)> = Vec::new();
         let now = Instant::now();
-        while let Some(envelope) = self.queue.pop_front() {
+        let queue = std::mem::take(&mut self.queue);
+        for envelope in &queue {
             admission.fetch_sub(1, Ordering::SeqCst);
             let (_, stats) = &mut self.tasks[envelope.task_index as usize];
             stats.queued -= 1;
@@ -411,7 +419,7 @@ impl State {
             }
         }
         self.depth_history.record(0, now);
-        abandoned
+        (abandoned, queue)
     }
 
     /// Drops not yet mentioned in a log line, if a summary is due.
@@ -496,7 +504,10 @@ impl Pool {
             // Under the lock, nothing starts or is abandoned meanwhile: the
             // difference is tasks still on their way into the inbox.
             if self.admitted() == state.queue.len() as u64 {
-                return state.abandon_queued(&self.admission);
+                let (abandoned, tasks) = state.abandon_queued(&self.admission);
+                drop(state);
+                drop(tasks);
+                return abandoned;
             }
             drop(state);
             std::thread::yield_now();
@@ -557,17 +568,20 @@ impl Pool {
         let now = Instant::now();
         let capacity = self.capacity as u64;
         let mut admission = self.admission.load(Ordering::Relaxed);
-        // Box before claiming a place (so the claim and the send are a few
-        // instructions apart), unless the pool looks full or closed: the
-        // drop path then allocates nothing.
         let mut make_future = Some(make_future);
-        let mut boxed = (admission < capacity).then(|| (make_future.take().expect("once"))());
+        let mut boxed = None;
         let refused = loop {
             if admission & CLOSED != 0 {
                 break Some(None);
             }
             if admission >= capacity {
                 break Some(Some(SpawnError::QueueFull));
+            }
+            // Box before claiming a place, so that the claim and the send
+            // are a few instructions apart (`abandon_queued` waits out that
+            // gap); a refused call allocates nothing.
+            if boxed.is_none() {
+                boxed = make_future.take().map(|make| make());
             }
             match self.admission.compare_exchange_weak(
                 admission,
@@ -580,14 +594,14 @@ impl Pool {
             }
         };
         if let Some(error) = refused {
+            // The task (user code may run in its `Drop`) goes before the
+            // lock is taken.
             drop(boxed.take());
             drop(make_future.take());
             let depth = admission & !CLOSED;
             return Err(self.refuse(name, error, depth, parent, traced, now));
         }
-        let future = boxed
-            .take()
-            .unwrap_or_else(|| (make_future.take().expect("unused when not boxed"))());
+        let future = boxed.take().expect("boxed before the place was claimed");
         let envelope = Envelope {
             future,
             name,
@@ -652,14 +666,14 @@ impl Pool {
     /// Starts a runner if fewer than `parallelism` exist. Called after a
     /// task was sent; pairs with the exit check in [`run_loop`].
     fn ensure_runner(self: &Arc<Self>) {
-        if self.rejoin() {
+        if self.claim_runner_slot() {
             self.start_runner();
         }
     }
 
-    /// Counts an exiting runner back in, if there is room; whether it may
-    /// stay.
-    fn rejoin(&self) -> bool {
+    /// Counts one more runner if fewer than `parallelism` are counted;
+    /// whether it did (a new runner may start, or an exiting one stay).
+    fn claim_runner_slot(&self) -> bool {
         let mut count = self.runner_count.load(Ordering::SeqCst);
         while count < self.parallelism {
             match self.runner_count.compare_exchange_weak(
@@ -914,7 +928,7 @@ async fn run_loop(mut guard: RunnerGuard) {
                 // meanwhile (the other half of `ensure_runner`'s check).
                 pool.runner_count.fetch_sub(1, Ordering::SeqCst);
                 guard.counted = false;
-                if pool.admitted() > 0 && pool.rejoin() {
+                if pool.admitted() > 0 && pool.claim_runner_slot() {
                     guard.counted = true;
                     lingered = false;
                     continue;

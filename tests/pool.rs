@@ -471,6 +471,46 @@ fn a_task_spawned_while_the_last_runner_leaves_still_runs() {
     assert!(snapshot.is_consistent());
 }
 
+/// A task's future may own something whose `Drop` spawns on the same pool
+/// (a cleanup, a retry). When the task is abandoned at the deadline, that
+/// `Drop` runs outside the pool's lock: the late spawn is refused as
+/// `closed` instead of deadlocking the shutdown.
+#[test]
+fn a_drop_that_spawns_while_tasks_are_abandoned_does_not_deadlock() {
+    struct SpawnOnDrop(bg_queue::BackgroundTx);
+    impl Drop for SpawnOnDrop {
+        fn drop(&mut self) {
+            self.0.spawn("cleanup", async {});
+        }
+    }
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let outcome = runtime.block_on(async {
+            let bg = Builder::new("cleanup").parallelism(1).build().unwrap();
+            occupy(&bg, 1, &Gate::new()).await;
+            let guard = SpawnOnDrop(bg.clone());
+            bg.spawn("holds_guard", async move {
+                let _guard = guard;
+            });
+            let report = bg.shutdown(Duration::from_millis(50)).await;
+            (report, bg.snapshot())
+        });
+        let _ = done_tx.send(outcome);
+    });
+    let (report, snapshot) = done_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the shutdown deadlocked");
+    assert_eq!(report.abandoned, 2, "{report}");
+    assert_eq!(snapshot.task("holds_guard").unwrap().abandoned, 1);
+    assert_eq!(snapshot.task("cleanup").unwrap().dropped, 1);
+    assert_eq!(snapshot.dropped_by_reason.closed, 1);
+    assert!(report.is_consistent());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stress_invariant_holds_continuously_and_at_shutdown() {
     use rand::{Rng as _, SeedableRng as _};
