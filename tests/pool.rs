@@ -471,18 +471,21 @@ fn a_task_spawned_while_the_last_runner_leaves_still_runs() {
     assert!(snapshot.is_consistent());
 }
 
+/// Spawns a `cleanup` task on its pool when dropped.
+struct SpawnOnDrop(bg_queue::BackgroundTx);
+
+impl Drop for SpawnOnDrop {
+    fn drop(&mut self) {
+        self.0.spawn("cleanup", async {});
+    }
+}
+
 /// A task's future may own something whose `Drop` spawns on the same pool
 /// (a cleanup, a retry). When the task is abandoned at the deadline, that
 /// `Drop` runs outside the pool's lock: the late spawn is refused as
 /// `closed` instead of deadlocking the shutdown.
 #[test]
 fn a_drop_that_spawns_while_tasks_are_abandoned_does_not_deadlock() {
-    struct SpawnOnDrop(bg_queue::BackgroundTx);
-    impl Drop for SpawnOnDrop {
-        fn drop(&mut self) {
-            self.0.spawn("cleanup", async {});
-        }
-    }
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -509,6 +512,36 @@ fn a_drop_that_spawns_while_tasks_are_abandoned_does_not_deadlock() {
     assert_eq!(snapshot.task("cleanup").unwrap().dropped, 1);
     assert_eq!(snapshot.dropped_by_reason.closed, 1);
     assert!(report.is_consistent());
+}
+
+/// The same when the runtime goes away with the task still queued: the
+/// late spawn is refused as `no_runtime`.
+#[test]
+fn a_drop_that_spawns_when_the_runtime_goes_away_does_not_deadlock() {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let bg = runtime.block_on(async {
+            let bg = Builder::new("orphaned").parallelism(1).build().unwrap();
+            let guard = SpawnOnDrop(bg.clone());
+            bg.spawn("holds_guard", async move {
+                let _guard = guard;
+            });
+            bg
+        });
+        drop(runtime);
+        let _ = done_tx.send(bg.snapshot());
+    });
+    let snapshot = done_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("dropping the runtime deadlocked");
+    assert_eq!(snapshot.task("holds_guard").unwrap().abandoned, 1);
+    assert_eq!(snapshot.task("cleanup").unwrap().dropped, 1);
+    assert_eq!(snapshot.dropped_by_reason.no_runtime, 1);
+    assert!(snapshot.is_consistent());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
