@@ -404,9 +404,9 @@ impl State {
     fn abandon_queued(
         &mut self,
         admission: &AtomicU64,
+        now: Instant,
     ) -> (Vec<(&'static str, u64)>, VecDeque<Envelope>) {
         let mut abandoned: Vec<(&'static str, u64)> = Vec::new();
-        let now = Instant::now();
         let queue = std::mem::take(&mut self.queue);
         for envelope in &queue {
             admission.fetch_sub(1, Ordering::SeqCst);
@@ -500,11 +500,12 @@ impl Pool {
     /// instructions from done, so this yields rather than waits.
     fn abandon_queued(&self) -> Vec<(&'static str, u64)> {
         loop {
-            let mut state = self.lock_absorbed(Instant::now());
+            let now = self.now();
+            let mut state = self.lock_absorbed(now);
             // Under the lock, nothing starts or is abandoned meanwhile: the
             // difference is tasks still on their way into the inbox.
             if self.admitted() == state.queue.len() as u64 {
-                let (abandoned, tasks) = state.abandon_queued(&self.admission);
+                let (abandoned, tasks) = state.abandon_queued(&self.admission, now);
                 drop(state);
                 drop(tasks);
                 return abandoned;
