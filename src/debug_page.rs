@@ -153,6 +153,7 @@ table{border-collapse:collapse;width:100%;margin:.3em 0} th,td{padding:3px 8px;b
 th:first-child,td:first-child{text-align:left} tr.bad td{background:#fef3f2}
 svg{background:#f2f4f7;border-radius:4px}
 summary{cursor:pointer;color:#475467;margin:.2em 0 .6em}
+table.fold{table-layout:fixed} table.fold th:first-child,table.fold td:first-child{width:16em}
 "#;
 
 const SCRIPT: &str = r#"
@@ -308,14 +309,16 @@ fn folded_table(id: &str, head: Markup, rows: impl Iterator<Item = Markup>) -> M
     let rows: Vec<Markup> = rows.collect();
     let (first, rest) = rows.split_at(rows.len().min(FOLD_AFTER));
     html! {
-        table {
+        // Fixed layout: both tables split the width the same way, so the
+        // folded rows line up with the ones above them.
+        table.fold {
             thead { tr { (head) } }
             tbody { @for row in first { (row) } }
         }
         @if !rest.is_empty() {
             details id=(id) {
                 summary { (rest.len()) " more" }
-                table { tbody { @for row in rest { (row) } } }
+                table.fold { tbody { @for row in rest { (row) } } }
             }
         }
     }
