@@ -480,19 +480,33 @@ impl Drop for SpawnOnDrop {
     }
 }
 
-/// A task's future may own something whose `Drop` spawns on the same pool
-/// (a cleanup, a retry). When the task is abandoned at the deadline, that
-/// `Drop` runs outside the pool's lock: the late spawn is refused as
-/// `closed` instead of deadlocking the shutdown.
-#[test]
-fn a_drop_that_spawns_while_tasks_are_abandoned_does_not_deadlock() {
+/// Runs `scenario` with a fresh current-thread runtime on a thread of its
+/// own, and fails (instead of hanging) if it does not return in 20 s.
+fn without_deadlock<T: Send + 'static>(
+    what: &str,
+    scenario: impl FnOnce(tokio::runtime::Runtime) -> T + Send + 'static,
+) -> T {
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        let outcome = runtime.block_on(async {
+        let _ = done_tx.send(scenario(runtime));
+    });
+    done_rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("{what} deadlocked"))
+}
+
+/// A task's future may own something whose `Drop` spawns on the same pool
+/// (a cleanup, a retry). When the task is abandoned at the deadline, that
+/// `Drop` runs outside the pool's lock: the late spawn is refused as
+/// `closed` instead of deadlocking the shutdown.
+#[test]
+fn a_drop_that_spawns_while_tasks_are_abandoned_does_not_deadlock() {
+    let (report, snapshot) = without_deadlock("the shutdown", |runtime| {
+        runtime.block_on(async {
             let bg = Builder::new("cleanup").parallelism(1).build().unwrap();
             occupy(&bg, 1, &Gate::new()).await;
             let guard = SpawnOnDrop(bg.clone());
@@ -501,12 +515,8 @@ fn a_drop_that_spawns_while_tasks_are_abandoned_does_not_deadlock() {
             });
             let report = bg.shutdown(Duration::from_millis(50)).await;
             (report, bg.snapshot())
-        });
-        let _ = done_tx.send(outcome);
+        })
     });
-    let (report, snapshot) = done_rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the shutdown deadlocked");
     assert_eq!(report.abandoned, 2, "{report}");
     assert_eq!(snapshot.task("holds_guard").unwrap().abandoned, 1);
     assert_eq!(snapshot.task("cleanup").unwrap().dropped, 1);
@@ -518,26 +528,19 @@ fn a_drop_that_spawns_while_tasks_are_abandoned_does_not_deadlock() {
 /// late spawn is refused as `no_runtime`.
 #[test]
 fn a_drop_that_spawns_when_the_runtime_goes_away_does_not_deadlock() {
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+    let snapshot = without_deadlock("dropping the runtime", |runtime| {
         let bg = runtime.block_on(async {
             let bg = Builder::new("orphaned").parallelism(1).build().unwrap();
             let guard = SpawnOnDrop(bg.clone());
+            // Queued, never run: the runtime is dropped before it polls.
             bg.spawn("holds_guard", async move {
                 let _guard = guard;
             });
             bg
         });
         drop(runtime);
-        let _ = done_tx.send(bg.snapshot());
+        bg.snapshot()
     });
-    let snapshot = done_rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("dropping the runtime deadlocked");
     assert_eq!(snapshot.task("holds_guard").unwrap().abandoned, 1);
     assert_eq!(snapshot.task("cleanup").unwrap().dropped, 1);
     assert_eq!(snapshot.dropped_by_reason.no_runtime, 1);
