@@ -307,6 +307,11 @@ impl WallClock {
     }
 }
 
+/// A trace id as the page and Jaeger write it: 32 lowercase hex digits.
+fn trace_hex(id: opentelemetry::trace::TraceId) -> String {
+    format!("{id:032x}")
+}
+
 /// A drop as recorded on the hot path: raw values, formatted only when a
 /// snapshot is taken.
 #[derive(Debug, Clone, Copy)]
@@ -323,7 +328,7 @@ impl DropRecord {
             at: rfc3339(clock.wall_of(self.at)),
             task: self.task,
             reason: self.reason.as_str(),
-            trace_id: self.trace_id.map(|id| format!("{id:032x}")),
+            trace_id: self.trace_id.map(trace_hex),
         }
     }
 }
@@ -347,7 +352,7 @@ impl SlowRecord {
             outcome: self.outcome,
             wait_ms: self.wait_ms,
             run_ms: self.run_ms,
-            trace_id: self.trace_id.map(|id| format!("{id:032x}")),
+            trace_id: self.trace_id.map(trace_hex),
         }
     }
 }

@@ -170,23 +170,24 @@ impl Providers {
     /// deadline this returns an error naming what did not finish, and the
     /// process can exit; what was not exported is lost, and said so.
     pub async fn shutdown(self) -> Result<(), String> {
-        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut pending = Vec::new();
+        type Job = Box<dyn FnOnce() -> opentelemetry_sdk::error::OTelSdkResult + Send>;
+        let mut jobs: Vec<(&'static str, Job)> = Vec::new();
         if let Some(tracer) = self.tracer {
-            pending.push("tracer provider");
-            spawn_shutdown("tracer provider", done_tx.clone(), move || {
-                tracer
-                    .shutdown_with_timeout(SHUTDOWN_DEADLINE)
-                    .map_err(|e| e.to_string())
-            });
+            jobs.push((
+                "tracer provider",
+                Box::new(move || tracer.shutdown_with_timeout(SHUTDOWN_DEADLINE)),
+            ));
         }
         if let Some(meter) = self.meter {
-            pending.push("meter provider");
-            spawn_shutdown("meter provider", done_tx.clone(), move || {
-                meter
-                    .shutdown_with_timeout(SHUTDOWN_DEADLINE)
-                    .map_err(|e| e.to_string())
-            });
+            jobs.push((
+                "meter provider",
+                Box::new(move || meter.shutdown_with_timeout(SHUTDOWN_DEADLINE)),
+            ));
+        }
+        let mut pending: Vec<&str> = jobs.iter().map(|(what, _)| *what).collect();
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+        for (what, job) in jobs {
+            spawn_shutdown(what, done_tx.clone(), job);
         }
         drop(done_tx);
         let mut errors = Vec::new();
@@ -228,7 +229,7 @@ pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 fn spawn_shutdown(
     what: &'static str,
     done: tokio::sync::mpsc::UnboundedSender<(&'static str, Result<(), String>)>,
-    shutdown: impl FnOnce() -> Result<(), String> + Send + 'static,
+    shutdown: impl FnOnce() -> opentelemetry_sdk::error::OTelSdkResult + Send + 'static,
 ) {
     let spawned = std::thread::Builder::new()
         .name(format!(
@@ -238,7 +239,7 @@ fn spawn_shutdown(
         .spawn({
             let done = done.clone();
             move || {
-                let _ = done.send((what, shutdown()));
+                let _ = done.send((what, shutdown().map_err(|e| e.to_string())));
             }
         });
     if let Err(e) = spawned {
