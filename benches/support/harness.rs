@@ -64,7 +64,22 @@ pub enum Mode {
     FmtSink,
 }
 
-/// A 2-worker runtime with `mode`'s telemetry, and what the pools need.
+/// Worker threads for every benchmark runtime: 2, the set-up, unless
+/// `BENCH_WORKERS` says otherwise (1 shows a caller's cost when no runner
+/// can run beside it; see BENCHMARKS.md).
+fn workers() -> usize {
+    match std::env::var("BENCH_WORKERS") {
+        Ok(value) => value
+            .parse()
+            .ok()
+            .filter(|&workers| workers > 0)
+            .unwrap_or_else(|| panic!("BENCH_WORKERS must be a positive integer, not {value:?}")),
+        Err(_) => 2,
+    }
+}
+
+/// A multi-thread runtime (2 workers unless `BENCH_WORKERS` is set) with
+/// `mode`'s telemetry, and what the pools need.
 pub struct Setup {
     pub runtime: tokio::runtime::Runtime,
     pub meter: Option<SdkMeterProvider>,
@@ -101,7 +116,7 @@ impl Setup {
             _ => None,
         };
         let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(2).enable_all();
+        builder.worker_threads(workers()).enable_all();
         if let Some(dispatch) = dispatch.clone() {
             // Every worker gets the subscriber as its default.
             builder.on_thread_start(move || {
