@@ -261,7 +261,7 @@ fn pool_section(pool: &PoolSnapshot, jaeger: &str) -> Markup {
                 div.fig.bad[pool.timed_out > 0] { b { (pool.timed_out) } "timed out" }
                 div.fig.bad[pool.abandoned > 0] { b { (pool.abandoned) } "abandoned" }
             }
-            (depth_chart(&pool.depth_history, pool.capacity))
+            (depth_chart(&pool.depth_history, pool.queued, pool.capacity))
             h2 { "By task" }
             table {
                 thead { tr {
@@ -346,10 +346,12 @@ fn trace_link(jaeger: &str, trace_id: Option<&str>) -> Markup {
     }
 }
 
-/// Depth per second over the last five minutes as an inline SVG polyline
-/// (seconds before the pool existed count as 0), with a dashed line at the
-/// capacity when the peak comes near it.
-fn depth_chart(samples: &[u32], capacity: usize) -> Markup {
+/// Depth per second (each second's highest) over the last five minutes as an
+/// inline SVG polyline (seconds before the pool existed count as 0), with a
+/// dashed line at the capacity when the peak comes near it. The caption's
+/// "now" is `queued`, the same figure as the bar above it (the last sample
+/// is the current second's highest, which may be above it).
+fn depth_chart(samples: &[u32], queued: u64, capacity: usize) -> Markup {
     const WIDTH: f64 = 600.0;
     const HEIGHT: f64 = 64.0;
     let window = crate::stats::DEPTH_HISTORY_SECS;
@@ -371,18 +373,17 @@ fn depth_chart(samples: &[u32], capacity: usize) -> Markup {
         .enumerate()
         .map(|(i, depth)| format!("{:.1},{:.1} ", i as f64 * step, y(*depth)))
         .collect();
-    let now = padded.last().copied().unwrap_or(0);
     html! {
         figure style="margin:.4em 0" {
             svg width=(WIDTH) height=(HEIGHT) viewBox=(format!("0 0 {WIDTH} {HEIGHT}")) role="img"
-                aria-label=(format!("queue depth over the last 5 minutes, now {now}, peak {peak}")) {
+                aria-label=(format!("queue depth over the last 5 minutes, now {queued}, peak {peak}")) {
                 @if top as u32 == capacity {
                     line x1="0" x2=(WIDTH) y1=(y(capacity)) y2=(y(capacity)) stroke="#d92d20" stroke-dasharray="4 3" {}
                 }
                 polyline fill="none" stroke="#2e90fa" stroke-width="1.5" points=(points) {}
             }
             figcaption.muted {
-                "queue depth, last 5 min (now " (now) ", peak " (peak)
+                "queue depth, last 5 min (now " (queued) ", peak " (peak)
                 @if top as u32 == capacity { ", dashed line: capacity " (capacity) }
                 ")"
             }

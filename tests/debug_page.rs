@@ -286,3 +286,25 @@ async fn response_size_is_bounded_under_heavy_drops() {
     assert_eq!(folded.matches("<tr class=\"bad\">").count(), 15, "{folded}");
     bg.idle().await;
 }
+
+/// The chart plots each second's highest depth; its caption's "now" is the
+/// live depth, the figure the bar above it shows. (On a paused clock the
+/// burst below, queued then run, all falls in one second.)
+#[tokio::test(start_paused = true)]
+async fn the_chart_caption_gives_the_live_depth_not_the_seconds_peak() {
+    let bg = Builder::new("burst").parallelism(1).build().unwrap();
+    let gate = common::occupy(&bg, "blocker", 1).await;
+    for _ in 0..5 {
+        bg.spawn("email", async {});
+    }
+    gate.add_permits(1);
+    bg.idle().await;
+    let snapshot = bg.snapshot();
+    assert_eq!(snapshot.queued, 0);
+    assert_eq!(snapshot.depth_history.last(), Some(&5), "the second's peak");
+    let app = DebugPage::new().pool(bg.clone()).router();
+    let (_, _, html) = get(app, Method::GET, "/debug/bg").await;
+    assert!(html.contains("queued 0 / 1024"), "depth bar");
+    assert!(html.contains("(now 0, peak 5"), "chart caption");
+    assert!(html.contains("now 0, peak 5\""), "chart label");
+}
