@@ -41,6 +41,11 @@ use crate::pool::Pool;
 use crate::task::{Outcome, RunEnd};
 use crate::DropReason;
 
+/// Attributes [`Telemetry::finish_spans`] adds to a span the pool started
+/// through the OpenTelemetry API: `bg.task.outcome`, and `error.type` for a
+/// non-ok outcome.
+const FINISH_ATTRIBUTES: usize = 2;
+
 /// Span, attribute and metric names: the contract dashboards and alerts read.
 pub mod names {
     /// Span covering a task from `spawn` to its end (display name `bg <task>`).
@@ -403,6 +408,8 @@ impl Telemetry {
     }
 
     /// Starts `bg.task` (backdated to the enqueue instant) and `bg.run`.
+    ///
+    /// Attribute vectors are sized for [`FINISH_ATTRIBUTES`] more.
     pub(crate) fn start_spans(
         &self,
         pool: &str,
@@ -423,6 +430,9 @@ impl Telemetry {
                     bg.task.name = attrs.name,
                     bg.task.wait_ms = wait_ms,
                     bg.task.outcome = tracing::field::Empty,
+                    // Recorded for non-ok outcomes, like the outcome: as a
+                    // field, every subscriber sees it.
+                    error.type = tracing::field::Empty,
                 );
                 if run.is_disabled() || !subscriber_present() {
                     return TaskSpans {
@@ -451,8 +461,11 @@ impl Telemetry {
         let start = SystemTime::now()
             .checked_sub(wait)
             .unwrap_or_else(SystemTime::now);
-        // Sized once: the SDK adds nothing, so no reallocation per task.
-        let mut attributes = Vec::with_capacity(attrs.pool_task.len() + 2);
+        // Sized once for everything the span will carry: the SDK keeps this
+        // vector and `finish_spans` pushes the outcome (and, for a failure,
+        // the error type) onto it, which would otherwise reallocate it on
+        // every task.
+        let mut attributes = Vec::with_capacity(attrs.pool_task.len() + 2 + FINISH_ATTRIBUTES);
         attributes.extend(attrs.pool_task.iter().cloned());
         attributes.push(KeyValue::new(names::TASK_WAIT_MS, wait_ms));
         attributes.push(KeyValue::new(names::QUEUE_DEPTH, i64::from(depth)));
@@ -479,7 +492,8 @@ impl Telemetry {
                 RunHandle::Tracing(run)
             }
             None => {
-                let mut attributes = Vec::with_capacity(attrs.pool_task.len() + 1);
+                let mut attributes =
+                    Vec::with_capacity(attrs.pool_task.len() + 1 + FINISH_ATTRIBUTES);
                 attributes.extend(attrs.pool_task.iter().cloned());
                 attributes.push(KeyValue::new(names::TASK_WAIT_MS, wait_ms));
                 let mut builder = self
@@ -516,7 +530,7 @@ impl Telemetry {
                 if !run.is_disabled() {
                     run.record(names::TASK_OUTCOME, outcome.as_str());
                     if let Some((message, error_type)) = &error {
-                        run.set_attribute(names::ERROR_TYPE, *error_type);
+                        run.record(names::ERROR_TYPE, *error_type);
                         run.set_status(Status::error(message.clone()));
                     }
                 }

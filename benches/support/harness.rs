@@ -60,6 +60,10 @@ pub enum Mode {
     /// Metrics plus `tracing-opentelemetry` with a batch span processor to
     /// a no-op exporter.
     Full,
+    /// `Full` with a lean `tracing-opentelemetry` layer: no code location,
+    /// thread, target or busy/idle attributes on spans made through
+    /// `tracing` (the layer adds all of them by default).
+    FullLean,
     /// Only a `fmt` subscriber writing to a sink (for the drop path).
     FmtSink,
 }
@@ -89,7 +93,7 @@ pub struct Setup {
 
 impl Setup {
     pub fn new(mode: Mode) -> Self {
-        let meter = matches!(mode, Mode::Metrics | Mode::Full).then(|| {
+        let meter = matches!(mode, Mode::Metrics | Mode::Full | Mode::FullLean).then(|| {
             SdkMeterProvider::builder()
                 .with_reader(
                     PeriodicReader::builder(NoopMetrics)
@@ -98,12 +102,22 @@ impl Setup {
                 )
                 .build()
         });
-        let tracer = (mode == Mode::Full).then(|| {
+        let tracer = matches!(mode, Mode::Full | Mode::FullLean).then(|| {
             SdkTracerProvider::builder()
                 .with_batch_exporter(NoopSpans)
                 .build()
         });
         let dispatch = match (&tracer, mode) {
+            (Some(provider), Mode::FullLean) => Some(tracing::Dispatch::new(
+                tracing_subscriber::registry().with(
+                    tracing_opentelemetry::layer()
+                        .with_tracer(provider.tracer("bench"))
+                        .with_location(false)
+                        .with_threads(false)
+                        .with_target(false)
+                        .with_tracked_inactivity(false),
+                ),
+            )),
             (Some(provider), _) => Some(tracing::Dispatch::new(
                 tracing_subscriber::registry()
                     .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench"))),
