@@ -283,10 +283,48 @@ pub(crate) struct TaskSpans {
     task: Option<Context>,
 }
 
-/// A task future running inside its `bg.run` span.
-pub(crate) enum Scoped<F> {
-    Tracing(tracing::instrument::Instrumented<F>),
-    OpenTelemetry(opentelemetry::context::WithContext<F>),
+/// A task future running inside its `bg.run` span: the span (or its
+/// OpenTelemetry context) is current whenever the future is polled or
+/// dropped.
+///
+/// Unlike `tracing::Instrumented`, the future is dropped as soon as it
+/// completes, inside the span, so dropping `Scoped` afterwards does not enter
+/// and exit the span a second time (with `tracing-opentelemetry`, that was
+/// about 7% of a task's instructions). A future dropped before it completes
+/// (timed out, aborted, abandoned) is dropped inside the span too.
+pub(crate) struct Scoped<F> {
+    scope: Scope,
+    /// `None` once the future has completed.
+    future: Option<F>,
+}
+
+/// What makes `bg.run` current.
+enum Scope {
+    Tracing(tracing::Span),
+    OpenTelemetry(Context),
+}
+
+/// Keeps `bg.run` current while it lives (the guards act on drop).
+enum Current<'a> {
+    Tracing {
+        _entered: tracing::span::Entered<'a>,
+    },
+    OpenTelemetry {
+        _attached: opentelemetry::ContextGuard,
+    },
+}
+
+impl Scope {
+    fn enter(&self) -> Current<'_> {
+        match self {
+            Scope::Tracing(span) => Current::Tracing {
+                _entered: span.enter(),
+            },
+            Scope::OpenTelemetry(cx) => Current::OpenTelemetry {
+                _attached: cx.clone().attach(),
+            },
+        }
+    }
 }
 
 impl<F: std::future::Future + Unpin> std::future::Future for Scoped<F> {
@@ -296,10 +334,26 @@ impl<F: std::future::Future + Unpin> std::future::Future for Scoped<F> {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
-        // Every variant is `Unpin` (the task future is boxed).
-        match self.get_mut() {
-            Scoped::Tracing(future) => std::pin::Pin::new(future).poll(cx),
-            Scoped::OpenTelemetry(future) => std::pin::Pin::new(future).poll(cx),
+        // `Unpin`: the task future is boxed.
+        let this = self.get_mut();
+        let _current = this.scope.enter();
+        let Some(running) = this.future.as_mut() else {
+            // The runner awaits a task once; nothing polls it again.
+            return std::task::Poll::Pending;
+        };
+        let poll = std::pin::Pin::new(running).poll(cx);
+        if poll.is_ready() {
+            this.future = None;
+        }
+        poll
+    }
+}
+
+impl<F> Drop for Scoped<F> {
+    fn drop(&mut self) {
+        if self.future.is_some() {
+            let _current = self.scope.enter();
+            self.future = None;
         }
     }
 }
@@ -307,13 +361,13 @@ impl<F: std::future::Future + Unpin> std::future::Future for Scoped<F> {
 impl TaskSpans {
     /// Runs `future` inside `bg.run`.
     pub(crate) fn scope<F: std::future::Future + Unpin>(&self, future: F) -> Scoped<F> {
-        match &self.run {
-            RunHandle::Tracing(span) => {
-                Scoped::Tracing(tracing::Instrument::instrument(future, span.clone()))
-            }
-            RunHandle::OpenTelemetry(cx) => Scoped::OpenTelemetry(
-                opentelemetry::context::FutureExt::with_context(future, cx.clone()),
-            ),
+        let scope = match &self.run {
+            RunHandle::Tracing(span) => Scope::Tracing(span.clone()),
+            RunHandle::OpenTelemetry(cx) => Scope::OpenTelemetry(cx.clone()),
+        };
+        Scoped {
+            scope,
+            future: Some(future),
         }
     }
 

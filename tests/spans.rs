@@ -350,3 +350,78 @@ async fn without_a_subscriber_no_span_is_built() {
     assert!(tracing.spans().is_empty(), "{:?}", names(&tracing.spans()));
     assert_eq!(bg.snapshot().completed, 1);
 }
+
+/// A task future whose `Drop` opens a span, as a connection guard that logs
+/// on release would.
+struct ReleasesOnDrop {
+    finished: bool,
+    release: &'static str,
+}
+
+impl std::future::Future for ReleasesOnDrop {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.finished {
+            return std::task::Poll::Pending;
+        }
+        self.finished = true;
+        std::task::Poll::Ready(())
+    }
+}
+
+impl Drop for ReleasesOnDrop {
+    fn drop(&mut self) {
+        tracing::info_span!("release", which = self.release).in_scope(|| {});
+    }
+}
+
+/// The future's `Drop` runs inside `bg.run` whether the task completed or
+/// was cancelled at its timeout, in both span modes: what it logs or traces
+/// there belongs to the task.
+#[tokio::test]
+async fn a_task_futures_drop_runs_inside_its_run_span() {
+    for run_span in [RunSpan::Tracing, RunSpan::OpenTelemetry] {
+        let tracing = Tracing::new();
+        let _guard = tracing::subscriber::set_default(tracing.subscriber());
+        let bg = Builder::new("mail")
+            .timeout(Duration::from_millis(20))
+            .run_span(run_span)
+            .tracer(tracing.tracer())
+            .build()
+            .unwrap();
+        bg.spawn(
+            "completes",
+            ReleasesOnDrop {
+                finished: false,
+                release: "completed",
+            },
+        );
+        bg.spawn(
+            "hangs",
+            // Pending forever: cancelled at the timeout.
+            ReleasesOnDrop {
+                finished: true,
+                release: "cancelled",
+            },
+        );
+        bg.idle().await;
+        for (task, release) in [("completes", "completed"), ("hangs", "cancelled")] {
+            let run = tracing.span(&format!("run {task}"));
+            let dropped = tracing
+                .spans()
+                .into_iter()
+                .find(|span| {
+                    span.name == "release" && attr_str(span, "which").as_deref() == Some(release)
+                })
+                .unwrap_or_else(|| panic!("{run_span:?}: no release span for {task}"));
+            assert_eq!(
+                dropped.parent_span_id,
+                run.span_context.span_id(),
+                "{run_span:?}: {task}'s drop ran outside bg.run"
+            );
+        }
+    }
+}
