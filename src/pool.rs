@@ -582,7 +582,7 @@ impl Pool {
             // are a few instructions apart (`abandon_queued` waits out that
             // gap); a refused call allocates nothing.
             if boxed.is_none() {
-                boxed = make_future.take().map(|make| make());
+                boxed = make_future.take().map(|make| CatchPanic::new(make()));
             }
             match self.admission.compare_exchange_weak(
                 admission,
@@ -598,7 +598,10 @@ impl Pool {
             // The task (user code may run in its `Drop`) goes before the
             // lock is taken.
             drop(boxed.take());
-            drop(make_future.take());
+            // Not boxed yet, so not wrapped: catch a panic in its `Drop`
+            // here (`spawn` never panics, whatever the future does).
+            let unboxed = make_future.take();
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(unboxed)));
             let depth = admission & !CLOSED;
             return Err(self.refuse(name, error, depth, parent, traced, now));
         }
@@ -951,7 +954,7 @@ async fn run_loop(mut guard: RunnerGuard) {
             wait,
             envelope.depth_at_enqueue,
         );
-        let future = spans.scope(CatchPanic::new(envelope.future));
+        let future = spans.scope(envelope.future);
         guard.current = Some(Current {
             task_index,
             attrs,

@@ -9,8 +9,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::time::Instant;
 
-/// A boxed task future, already mapped to the crate's own error type.
-pub(crate) type BoxTask = Pin<Box<dyn Future<Output = Result<(), TaskError>> + Send + 'static>>;
+/// A task future, already mapped to the crate's own error type.
+pub(crate) type TaskFuture = dyn Future<Output = Result<(), TaskError>> + Send + 'static;
+
+/// A boxed task future.
+pub(crate) type BoxTask = Pin<Box<TaskFuture>>;
 
 /// What a task future may return: `()` (always `ok`) or `Result<(), E>` with
 /// `E: Display` (`Err` is outcome `failed`).
@@ -132,7 +135,9 @@ impl fmt::Display for Outcome {
 /// A queued task: the future plus what its telemetry needs later, so the
 /// caller of `spawn` pays only for capturing, never for building spans.
 pub(crate) struct Envelope {
-    pub(crate) future: BoxTask,
+    /// Wrapped from the moment it is boxed, so that a panic in its `Drop`
+    /// is caught wherever it is dropped (run, refused, abandoned).
+    pub(crate) future: CatchPanic<TaskFuture>,
     /// The task name given to `spawn`.
     pub(crate) name: &'static str,
     /// Index of the task name in the pool's per-name table, set when the
@@ -174,18 +179,32 @@ impl RunEnd {
     }
 }
 
-/// Polls the inner future, turning a panic in `poll` into `Err(message)`.
+/// Polls the inner future, turning a panic in `poll` into `Err(message)`,
+/// and contains panics in the future's `Drop` too: user code must never
+/// unwind into a runner (which would take the pool down with it) or into the
+/// caller of `spawn`.
 ///
-/// The future is not polled again after a panic: it is dropped with the
-/// wrapper, which is the only sound thing to do with a future whose state may
-/// be half-updated.
+/// The future is dropped as soon as it completes, inside `poll`, so a panic
+/// in its `Drop` then makes the run `panicked` like a panic in `poll`. A
+/// future dropped before it completes (refused, timed out, abandoned) has its
+/// `Drop` panic caught and discarded: its outcome is already decided. After
+/// a panic the future is never polled again, the only sound thing to do with
+/// a future whose state may be half-updated.
 pub(crate) struct CatchPanic<F: ?Sized> {
-    inner: Pin<Box<F>>,
+    /// `None` once the future has completed or panicked.
+    inner: Option<Pin<Box<F>>>,
 }
 
 impl<F: ?Sized> CatchPanic<F> {
     pub(crate) fn new(inner: Pin<Box<F>>) -> Self {
-        CatchPanic { inner }
+        CatchPanic { inner: Some(inner) }
+    }
+
+    /// Drops the future, catching a panic in its `Drop`.
+    fn release(&mut self) -> Result<(), String> {
+        let inner = self.inner.take();
+        catch_unwind(AssertUnwindSafe(move || drop(inner)))
+            .map_err(|payload| panic_message(payload.as_ref()))
     }
 }
 
@@ -193,13 +212,30 @@ impl<F: Future + ?Sized> Future for CatchPanic<F> {
     type Output = Result<F::Output, String>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = self.inner.as_mut();
-        // AssertUnwindSafe: after a panic the future is never polled again
-        // (the runner drops it), so no broken invariant can be observed.
+        let Some(inner) = self.inner.as_mut() else {
+            // The runner awaits a task once; nothing polls it again.
+            return Poll::Pending;
+        };
+        let inner = inner.as_mut();
+        // AssertUnwindSafe: after a panic the future is never polled again,
+        // so no broken invariant can be observed.
         match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
-            Err(payload) => Poll::Ready(Err(panic_message(payload.as_ref()))),
+            Ok(Poll::Ready(output)) => Poll::Ready(self.release().map(|()| output)),
+            Err(payload) => {
+                let message = panic_message(payload.as_ref());
+                // A second panic while dropping it says nothing new.
+                let _ = self.release();
+                Poll::Ready(Err(message))
+            }
+        }
+    }
+}
+
+impl<F: ?Sized> Drop for CatchPanic<F> {
+    fn drop(&mut self) {
+        if self.inner.is_some() {
+            let _ = self.release();
         }
     }
 }

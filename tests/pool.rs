@@ -696,3 +696,83 @@ async fn drops_are_logged_as_a_rate_limited_summary_not_one_line_each() {
     assert_eq!(warnings.load(Ordering::Relaxed), 1);
     bg.idle().await;
 }
+
+/// A task future whose `Drop` panics: once it has completed, or (when
+/// `ready` is false) whenever it is dropped unfinished.
+struct PanicsOnDrop {
+    ready: bool,
+}
+
+impl std::future::Future for PanicsOnDrop {
+    type Output = ();
+    fn poll(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.ready {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+}
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("connection guard poisoned");
+    }
+}
+
+/// A panic in a task future's `Drop` is contained wherever the future is
+/// dropped: after it completed (counted `panicked`), at its timeout (counted
+/// `timed_out`), when refused (`spawn` does not panic) and when abandoned at
+/// the shutdown deadline. The pool keeps running, with full parallelism.
+/// Before, the panic unwound into the runner, and the runner's exit was
+/// taken for the runtime going away: the pool abandoned its queue and
+/// refused every later task as `no_runtime`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_task_futures_drop_is_contained() {
+    // Run to completion, and cancelled at the timeout.
+    let bg = Builder::new("drop-panics")
+        .parallelism(1)
+        .timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    bg.spawn("finishes", PanicsOnDrop { ready: true });
+    bg.spawn("hangs", PanicsOnDrop { ready: false });
+    bg.idle().await;
+    let (tx, rx) = oneshot::channel();
+    bg.spawn("after", async move {
+        let _ = tx.send(());
+    });
+    rx.await.expect("a task after the panicking drops ran");
+    let snapshot = bg.snapshot();
+    assert_eq!(snapshot.task("finishes").unwrap().panicked, 1);
+    assert_eq!(snapshot.task("hangs").unwrap().timed_out, 1);
+    assert_eq!(snapshot.task("after").unwrap().completed, 1);
+    assert!(snapshot.accepting);
+    assert!(snapshot.is_consistent());
+
+    // Refused, and abandoned at the shutdown deadline.
+    let bg = Builder::new("drop-panics-queued")
+        .parallelism(1)
+        .capacity(2)
+        .build()
+        .unwrap();
+    let gate = Gate::new();
+    occupy(&bg, 1, &gate).await;
+    bg.spawn("queued", PanicsOnDrop { ready: false });
+    bg.spawn("queued", PanicsOnDrop { ready: false });
+    assert_eq!(
+        bg.try_spawn("refused", PanicsOnDrop { ready: true }),
+        Err(SpawnError::QueueFull)
+    );
+    let report = bg.shutdown(Duration::from_millis(50)).await;
+    assert_eq!(
+        (report.abandoned, report.dropped),
+        (3, 1),
+        "the blocker and the two queued; the refused one: {report:?}"
+    );
+    assert!(report.is_consistent());
+    let snapshot = bg.snapshot();
+    assert_eq!(snapshot.task("queued").unwrap().abandoned, 2);
+    assert_eq!(snapshot.task("refused").unwrap().dropped, 1);
+    assert_eq!(snapshot.dropped_by_reason.no_runtime, 0);
+}
