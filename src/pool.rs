@@ -364,6 +364,37 @@ impl State {
         self.tasks.len() - 1
     }
 
+    /// Counts a run's end: its outcome, wait and run time, and the slowest
+    /// list.
+    fn record_finished(&mut self, finished: Finished, now: Instant) {
+        let Finished {
+            index,
+            outcome,
+            wait,
+            run,
+            trace_id,
+            ..
+        } = finished;
+        self.running -= 1;
+        let stats = &mut self.tasks[index].1;
+        stats.running -= 1;
+        stats.record_end(outcome);
+        stats.run.record(run, now);
+        stats.wait.record(wait, now);
+        let run_ms = run.as_secs_f64() * 1000.0;
+        if self.slowest.qualifies(run_ms) {
+            let entry = SlowRecord {
+                at: now,
+                task: self.tasks[index].1.name,
+                outcome: outcome.as_str(),
+                wait_ms: wait.as_secs_f64() * 1000.0,
+                run_ms,
+                trace_id,
+            };
+            self.slowest.record(entry, now);
+        }
+    }
+
     /// Age of the oldest queued task (the queue is FIFO), zero when empty.
     fn oldest_queued_age(&self, now: Instant) -> Duration {
         self.queue.front().map_or(Duration::ZERO, |oldest| {
@@ -714,10 +745,14 @@ impl Pool {
             pool: Arc::clone(self),
             id,
             current: None,
+            pending: None,
             counted: true,
             finished: false,
         };
-        let handle = runtime.spawn(run_loop(guard));
+        let handle = runtime.spawn(ContainPanic {
+            pool: Arc::clone(&self.name),
+            runner: Box::pin(run_loop(guard)),
+        });
         let mut state = self.lock();
         if let Some(slot) = state.runners.iter_mut().find(|slot| slot.id == id) {
             slot.abort = Some(handle.abort_handle());
@@ -778,15 +813,64 @@ struct Current {
 }
 
 /// Owned by each runner. On a normal exit it is disarmed; if the runner is
-/// dropped instead (aborted at the shutdown deadline, or its runtime shut
-/// down), its drop accounts for the task it was running.
+/// dropped instead (aborted at the shutdown deadline, its runtime shut down,
+/// or it panicked outside the task's own code, in which case this drop runs
+/// while the panic unwinds), its drop accounts for the task it was running.
 struct RunnerGuard {
     pool: Arc<Pool>,
     id: u64,
     current: Option<Current>,
+    /// A run that ended and is not counted yet (it is counted with the next
+    /// pop; the guard counts it if telemetry panicked in between).
+    pending: Option<Finished>,
     /// Whether this runner is counted in `runner_count`.
     counted: bool,
     finished: bool,
+}
+
+thread_local! {
+    /// Whether this thread is inside a runner's `poll` (see
+    /// [`ContainPanic`]): tells a guard dropped while a panic unwinds that
+    /// its runner panicked, rather than that its runtime was dropped during
+    /// some other panic.
+    static POLLING_RUNNER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs a runner and logs a panic that escapes it. Tasks' own panics never
+/// do (see [`CatchPanic`]), but the runner also calls the application's
+/// `tracing` subscriber and meter provider. The runner's guard accounts for
+/// the task while the panic unwinds (see [`RunnerGuard`]); this logs it,
+/// after the unwinding, where calling the subscriber again is safe.
+struct ContainPanic<F> {
+    pool: Arc<str>,
+    runner: std::pin::Pin<Box<F>>,
+}
+
+impl<F: Future<Output = ()>> Future for ContainPanic<F> {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let runner = self.runner.as_mut();
+        let outer = POLLING_RUNNER.with(|polling| polling.replace(true));
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runner.poll(cx)));
+        POLLING_RUNNER.with(|polling| polling.set(outer));
+        match polled {
+            Ok(poll) => poll,
+            Err(payload) => {
+                tracing::error!(
+                    target: "bg_queue",
+                    pool = %self.pool,
+                    "a runner panicked outside its task's code (in a tracing subscriber or meter?): {}; \
+                     its task is counted as panicked and another runner takes over",
+                    crate::task::panic_message(payload.as_ref())
+                );
+                std::task::Poll::Ready(())
+            }
+        }
+    }
 }
 
 impl Drop for RunnerGuard {
@@ -794,24 +878,40 @@ impl Drop for RunnerGuard {
         if self.finished {
             return;
         }
+        // The runner panicked (outside the task's code: see `ContainPanic`)
+        // and this runs while the panic unwinds. No application code may run
+        // here (a second panic would abort the process), so no telemetry.
+        let panicking = std::thread::panicking() && POLLING_RUNNER.with(std::cell::Cell::get);
         let pool = Arc::clone(&self.pool);
         let current = self.current.take();
         if self.counted {
             pool.runner_count.fetch_sub(1, Ordering::SeqCst);
         }
         let mut state = pool.lock();
+        if let Some(finished) = self.pending.take() {
+            let ended = finished.ended;
+            state.record_finished(finished, ended);
+        }
         state.runners.retain(|slot| slot.id != self.id);
         let mut abandoned_names = Vec::new();
+        let outcome = if panicking {
+            Outcome::Panicked
+        } else {
+            Outcome::Abandoned
+        };
         if let Some(current) = &current {
             state.running -= 1;
             let stats = &mut state.tasks[current.task_index].1;
             stats.running -= 1;
-            stats.abandoned += 1;
-            abandoned_names.push((stats.name, 1));
+            stats.record_end(outcome);
+            if outcome == Outcome::Abandoned {
+                abandoned_names.push((stats.name, 1));
+            }
         }
-        // Dropped without a shutdown deadline: the runtime is going away, and
-        // nothing will run what is queued. Say so rather than lose it.
-        let runtime_gone = matches!(state.phase, Phase::Open | Phase::Draining);
+        // Dropped without a shutdown deadline, and not by a panic: the
+        // runtime is going away, and nothing will run what is queued. Say so
+        // rather than lose it.
+        let runtime_gone = !panicking && matches!(state.phase, Phase::Open | Phase::Draining);
         if runtime_gone {
             state.phase = Phase::NoRuntime;
             pool.close_admission();
@@ -820,13 +920,23 @@ impl Drop for RunnerGuard {
         if runtime_gone {
             abandoned_names.extend(pool.abandon_queued());
         }
+        if panicking && pool.admitted() > 0 {
+            // Another runner takes over whatever is waiting.
+            pool.ensure_runner();
+        }
         pool.idle.notify_waiters();
         if let Some(current) = current {
+            if panicking {
+                // Dropping its spans would call the subscriber that may have
+                // just panicked: they are left unfinished (never exported).
+                std::mem::forget(current.spans);
+                return;
+            }
             let run_time = current.started.elapsed();
             pool.telemetry
-                .record_duration(&current.attrs, Outcome::Abandoned, run_time);
+                .record_duration(&current.attrs, outcome, run_time);
             if let Some(spans) = current.spans {
-                Telemetry::finish_spans(spans, Outcome::Abandoned, None);
+                Telemetry::finish_spans(spans, outcome, None);
             }
         }
         if runtime_gone && !abandoned_names.is_empty() {
@@ -857,7 +967,6 @@ enum Next {
 
 async fn run_loop(mut guard: RunnerGuard) {
     let pool = Arc::clone(&guard.pool);
-    let mut previous: Option<Finished> = None;
     // Whether this runner already yielded once on an empty queue.
     let mut lingered = false;
     loop {
@@ -866,37 +975,13 @@ async fn run_loop(mut guard: RunnerGuard) {
             // The previous task's end instant doubles as this pick-up's
             // (one clock read per task, not two; the lock wait between them
             // counts as run time, not wait time).
-            let now = previous
+            let now = guard
+                .pending
                 .as_ref()
                 .map_or_else(Instant::now, |finished| finished.ended);
             let mut state = pool.lock_absorbed(now);
-            if let Some(Finished {
-                index,
-                outcome,
-                wait,
-                run,
-                trace_id,
-                ..
-            }) = previous.take()
-            {
-                state.running -= 1;
-                let stats = &mut state.tasks[index].1;
-                stats.running -= 1;
-                stats.record_end(outcome);
-                stats.run.record(run, now);
-                stats.wait.record(wait, now);
-                let run_ms = run.as_secs_f64() * 1000.0;
-                if state.slowest.qualifies(run_ms) {
-                    let entry = SlowRecord {
-                        at: now,
-                        task: state.tasks[index].1.name,
-                        outcome: outcome.as_str(),
-                        wait_ms: wait.as_secs_f64() * 1000.0,
-                        run_ms,
-                        trace_id,
-                    };
-                    state.slowest.record(entry, now);
-                }
+            if let Some(finished) = guard.pending.take() {
+                state.record_finished(finished, now);
             }
             match state.queue.pop_front() {
                 Some(envelope) => {
@@ -945,6 +1030,15 @@ async fn run_loop(mut guard: RunnerGuard) {
         };
         lingered = false;
         let task_index = envelope.task_index as usize;
+        // Owned by the guard before any telemetry runs: telemetry calls the
+        // application's subscriber and meter, and if one of them panics the
+        // guard still accounts for this task.
+        guard.current = Some(Current {
+            task_index,
+            attrs: Arc::clone(&attrs),
+            spans: None,
+            started,
+        });
         let wait = started.saturating_duration_since(envelope.enqueued_at);
         pool.telemetry.record_wait(&attrs, wait);
         let spans = pool.telemetry.start_spans(
@@ -955,12 +1049,9 @@ async fn run_loop(mut guard: RunnerGuard) {
             envelope.depth_at_enqueue,
         );
         let future = spans.scope(envelope.future);
-        guard.current = Some(Current {
-            task_index,
-            attrs,
-            spans: Some(spans),
-            started,
-        });
+        if let Some(current) = guard.current.as_mut() {
+            current.spans = Some(spans);
+        }
 
         let end = match pool.timeout {
             Some(limit) => match tokio::time::timeout(limit, future).await {
@@ -973,12 +1064,9 @@ async fn run_loop(mut guard: RunnerGuard) {
         let run = ended.saturating_duration_since(started);
         let current = guard.current.take().expect("set before the run");
         let outcome = end.outcome();
-        pool.telemetry.record_duration(&current.attrs, outcome, run);
         let trace_id = current.spans.as_ref().and_then(|spans| spans.trace_id());
-        if let Some(spans) = current.spans {
-            Telemetry::finish_spans(spans, outcome, Some(&end));
-        }
-        previous = Some(Finished {
+        // Counted with the next pop, or by the guard if telemetry panics.
+        guard.pending = Some(Finished {
             index: task_index,
             outcome,
             wait,
@@ -986,6 +1074,10 @@ async fn run_loop(mut guard: RunnerGuard) {
             trace_id,
             ended,
         });
+        pool.telemetry.record_duration(&current.attrs, outcome, run);
+        if let Some(spans) = current.spans {
+            Telemetry::finish_spans(spans, outcome, Some(&end));
+        }
     }
 }
 

@@ -776,3 +776,57 @@ async fn a_panic_in_a_task_futures_drop_is_contained() {
     assert_eq!(snapshot.task("refused").unwrap().dropped, 1);
     assert_eq!(snapshot.dropped_by_reason.no_runtime, 0);
 }
+
+/// A `tracing` layer with a bug: it panics the first time a span with this
+/// name is created.
+struct PanicsOnceOnSpan {
+    name: &'static str,
+    fired: std::sync::atomic::AtomicBool,
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PanicsOnceOnSpan {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if attrs.metadata().name() == self.name && !self.fired.swap(true, Ordering::SeqCst) {
+            panic!("layer bug");
+        }
+    }
+}
+
+/// A panic in the application's subscriber while a runner starts a task's
+/// span is contained: that task is counted `panicked`, another runner takes
+/// the queue over, and the pool stays open. Before, the runner's end was
+/// taken for the runtime going away (queue abandoned, every later task
+/// refused as `no_runtime`), and the task stayed counted as running.
+#[tokio::test]
+async fn a_panic_in_the_subscriber_does_not_take_the_pool_down() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(PanicsOnceOnSpan {
+            name: "bg.run",
+            fired: std::sync::atomic::AtomicBool::new(false),
+        }));
+    let bg = Builder::new("layer-bug").parallelism(1).build().unwrap();
+    let (tx, rx) = oneshot::channel();
+    // Both queued before the runner starts: the second waits behind the one
+    // whose span panics.
+    bg.spawn("first", async {});
+    bg.spawn("second", async move {
+        let _ = tx.send(());
+    });
+    let ran = rx.await;
+    assert!(ran.is_ok(), "the second task ran: {:?}", bg.snapshot());
+    bg.idle().await;
+    let snapshot = bg.snapshot();
+    assert_eq!(snapshot.task("first").unwrap().panicked, 1);
+    assert_eq!(snapshot.task("second").unwrap().completed, 1);
+    assert_eq!((snapshot.running, snapshot.queued), (0, 0));
+    assert!(snapshot.accepting);
+    assert!(snapshot.is_consistent());
+    assert_eq!(bg.try_spawn("later", async {}), Ok(()));
+    bg.idle().await;
+}
