@@ -352,7 +352,10 @@ impl<F: std::future::Future + Unpin> std::future::Future for Scoped<F> {
 impl<F> Drop for Scoped<F> {
     fn drop(&mut self) {
         if self.future.is_some() {
-            let _current = self.scope.enter();
+            // While a runner's panic unwinds (from the application's
+            // subscriber, perhaps in this very span's `enter`), entering the
+            // span again could panic again, which aborts the process.
+            let _current = (!std::thread::panicking()).then(|| self.scope.enter());
             self.future = None;
         }
     }

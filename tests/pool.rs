@@ -830,3 +830,38 @@ async fn a_panic_in_the_subscriber_does_not_take_the_pool_down() {
     assert_eq!(bg.try_spawn("later", async {}), Ok(()));
     bg.idle().await;
 }
+
+/// A `tracing` layer that panics every time a span with this name is
+/// entered.
+struct PanicsOnEnter(&'static str);
+
+impl<S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>>
+    tracing_subscriber::Layer<S> for PanicsOnEnter
+{
+    fn on_enter(&self, id: &tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        if ctx.span(id).is_some_and(|span| span.name() == self.0) {
+            panic!("layer bug on enter");
+        }
+    }
+}
+
+/// The same with a subscriber that panics on every entry into `bg.run`:
+/// while that panic unwinds, the task's scope must not enter the span again
+/// (a second panic during unwinding aborts the process). Every task is
+/// counted `panicked` and the pool goes on.
+#[tokio::test]
+async fn a_subscriber_that_panics_on_every_enter_does_not_abort_the_process() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::registry().with(PanicsOnEnter("bg.run")),
+    );
+    let bg = Builder::new("enter-bug").parallelism(2).build().unwrap();
+    for _ in 0..3 {
+        bg.spawn("doomed", async {});
+    }
+    bg.idle().await;
+    let snapshot = bg.snapshot();
+    assert_eq!(snapshot.task("doomed").unwrap().panicked, 3);
+    assert!(snapshot.accepting);
+    assert!(snapshot.is_consistent());
+}
