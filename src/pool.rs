@@ -631,8 +631,7 @@ impl Pool {
             drop(boxed.take());
             // Not boxed yet, so not wrapped: catch a panic in its `Drop`
             // here (`spawn` never panics, whatever the future does).
-            let unboxed = make_future.take();
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(unboxed)));
+            let _ = crate::task::drop_catching_panic(make_future.take());
             let depth = admission & !CLOSED;
             return Err(self.refuse(name, error, depth, parent, traced, now));
         }

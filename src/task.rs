@@ -200,12 +200,22 @@ impl<F: ?Sized> CatchPanic<F> {
         CatchPanic { inner: Some(inner) }
     }
 
-    /// Drops the future, catching a panic in its `Drop`.
-    fn release(&mut self) -> Result<(), String> {
-        let inner = self.inner.take();
-        catch_unwind(AssertUnwindSafe(move || drop(inner)))
-            .map_err(|payload| panic_message(payload.as_ref()))
+    /// Whether the future is still held: not completed, not panicked.
+    pub(crate) fn is_unfinished(&self) -> bool {
+        self.inner.is_some()
     }
+
+    /// Drops the future, catching a panic in its `Drop`.
+    pub(crate) fn release(&mut self) -> Result<(), String> {
+        drop_catching_panic(self.inner.take())
+    }
+}
+
+/// Drops `value` (user code may run in its `Drop`), turning a panic there
+/// into `Err(message)`.
+pub(crate) fn drop_catching_panic<T>(value: T) -> Result<(), String> {
+    catch_unwind(AssertUnwindSafe(move || drop(value)))
+        .map_err(|payload| panic_message(payload.as_ref()))
 }
 
 impl<F: Future + ?Sized> Future for CatchPanic<F> {
@@ -234,7 +244,7 @@ impl<F: Future + ?Sized> Future for CatchPanic<F> {
 
 impl<F: ?Sized> Drop for CatchPanic<F> {
     fn drop(&mut self) {
-        if self.inner.is_some() {
+        if self.is_unfinished() {
             let _ = self.release();
         }
     }
