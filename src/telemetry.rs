@@ -270,6 +270,7 @@ impl TaskAttributes {
 }
 
 /// The `bg.run` span, made one way or the other (see [`RunSpan`]).
+#[derive(Clone)]
 enum RunHandle {
     Tracing(tracing::Span),
     /// A context holding the OpenTelemetry `bg.run` span.
@@ -293,14 +294,8 @@ pub(crate) struct TaskSpans {
 /// was about 7% of a task's instructions). A future dropped before it
 /// completes (timed out, aborted, abandoned) is dropped inside the span too.
 pub(crate) struct Scoped {
-    scope: Scope,
+    run: RunHandle,
     task: CatchPanic<TaskFuture>,
-}
-
-/// What makes `bg.run` current.
-enum Scope {
-    Tracing(tracing::Span),
-    OpenTelemetry(Context),
 }
 
 /// Keeps `bg.run` current while it lives (the guards act on drop).
@@ -313,13 +308,14 @@ enum Current<'a> {
     },
 }
 
-impl Scope {
+impl RunHandle {
+    /// Makes `bg.run` current until the returned guard is dropped.
     fn enter(&self) -> Current<'_> {
         match self {
-            Scope::Tracing(span) => Current::Tracing {
+            RunHandle::Tracing(span) => Current::Tracing {
                 _entered: span.enter(),
             },
-            Scope::OpenTelemetry(cx) => Current::OpenTelemetry {
+            RunHandle::OpenTelemetry(cx) => Current::OpenTelemetry {
                 _attached: cx.clone().attach(),
             },
         }
@@ -335,7 +331,7 @@ impl std::future::Future for Scoped {
     ) -> std::task::Poll<Self::Output> {
         // `Unpin`: the task future is boxed.
         let this = self.get_mut();
-        let _current = this.scope.enter();
+        let _current = this.run.enter();
         std::pin::Pin::new(&mut this.task).poll(cx)
     }
 }
@@ -346,7 +342,7 @@ impl Drop for Scoped {
             // While a runner's panic unwinds (from the application's
             // subscriber, perhaps in this very span's `enter`), entering the
             // span again could panic again, which aborts the process.
-            let _current = (!std::thread::panicking()).then(|| self.scope.enter());
+            let _current = (!std::thread::panicking()).then(|| self.run.enter());
             let _ = self.task.release();
         }
     }
@@ -355,11 +351,10 @@ impl Drop for Scoped {
 impl TaskSpans {
     /// Runs `task` inside `bg.run`.
     pub(crate) fn scope(&self, task: CatchPanic<TaskFuture>) -> Scoped {
-        let scope = match &self.run {
-            RunHandle::Tracing(span) => Scope::Tracing(span.clone()),
-            RunHandle::OpenTelemetry(cx) => Scope::OpenTelemetry(cx.clone()),
-        };
-        Scoped { scope, task }
+        Scoped {
+            run: self.run.clone(),
+            task,
+        }
     }
 
     /// Trace id of `bg.task`, for the "slowest" list.
@@ -580,24 +575,10 @@ impl Telemetry {
                     }
                 }
             }
-            RunHandle::OpenTelemetry(cx) => {
-                let span = cx.span();
-                span.set_attribute(KeyValue::new(names::TASK_OUTCOME, outcome.as_str()));
-                if let Some((message, error_type)) = &error {
-                    span.set_attribute(KeyValue::new(names::ERROR_TYPE, *error_type));
-                    span.set_status(Status::error(message.clone()));
-                }
-                span.end();
-            }
+            RunHandle::OpenTelemetry(cx) => end_with_outcome(&cx, outcome, error.as_ref()),
         }
         if let Some(task) = task {
-            let span = task.span();
-            span.set_attribute(KeyValue::new(names::TASK_OUTCOME, outcome.as_str()));
-            if let Some((message, error_type)) = error {
-                span.set_attribute(KeyValue::new(names::ERROR_TYPE, error_type));
-                span.set_status(Status::error(message));
-            }
-            span.end();
+            end_with_outcome(&task, outcome, error.as_ref());
         }
     }
 
@@ -652,6 +633,18 @@ fn drop_status(reason: DropReason) -> &'static str {
         DropReason::Shutdown => "dropped: shutdown",
         DropReason::NoRuntime => "dropped: no_runtime",
     }
+}
+
+/// Sets the outcome (and, for an error, its type and status) on the span in
+/// `cx`, which the pool started through the OpenTelemetry API, and ends it.
+fn end_with_outcome(cx: &Context, outcome: Outcome, error: Option<&(String, &'static str)>) {
+    let span = cx.span();
+    span.set_attribute(KeyValue::new(names::TASK_OUTCOME, outcome.as_str()));
+    if let Some((message, error_type)) = error {
+        span.set_attribute(KeyValue::new(names::ERROR_TYPE, *error_type));
+        span.set_status(Status::error(message.clone()));
+    }
+    span.end();
 }
 
 fn error_details(end: &RunEnd) -> Option<(String, &'static str)> {
