@@ -1,12 +1,19 @@
 //! The metric contract across code, docs and the stack: every metric and
 //! label a dashboard or alert queries is one the crate emits (after the
-//! Prometheus translation), and the README (and DESIGN.md, where present)
-//! list exactly the metrics in `METRICS`.
+//! Prometheus translation), the translation used here is the one Prometheus'
+//! own library gives, and the README (and DESIGN.md, where present) list
+//! exactly the metrics in `METRICS`.
+
+#[path = "common/otlp.rs"]
+mod otlp;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
-use bg_queue::{InstrumentKind, METRICS};
+use bg_queue::{InstrumentKind, MetricDefinition, METRICS};
+use otlp::wire_kind;
 
 /// Prometheus' OTLP translation of a unit into a name suffix (only the
 /// units this crate uses; `{...}` annotations are dropped).
@@ -22,28 +29,100 @@ fn label(attribute: &str) -> String {
     attribute.replace('.', "_")
 }
 
+/// The Prometheus metric name of `def` (`_total` for counters; a histogram's
+/// series add `_bucket`, `_sum` and `_count` to it).
+fn metric_name(def: &MetricDefinition) -> String {
+    let base = format!("{}{}", def.name.replace('.', "_"), unit_suffix(def.unit));
+    match def.kind {
+        InstrumentKind::Counter => format!("{base}_total"),
+        InstrumentKind::UpDownCounter | InstrumentKind::Gauge | InstrumentKind::Histogram => base,
+    }
+}
+
 /// Prometheus series names for each metric, with the labels they carry.
 fn translated() -> BTreeMap<String, BTreeSet<String>> {
     let mut out = BTreeMap::new();
     for def in METRICS {
-        let base = format!("{}{}", def.name.replace('.', "_"), unit_suffix(def.unit));
+        let name = metric_name(&def);
         let labels: BTreeSet<String> = def.attributes.iter().map(|a| label(a)).collect();
         let names = match def.kind {
-            InstrumentKind::Counter => vec![format!("{base}_total")],
             InstrumentKind::Histogram => {
                 vec![
-                    format!("{base}_bucket"),
-                    format!("{base}_sum"),
-                    format!("{base}_count"),
+                    format!("{name}_bucket"),
+                    format!("{name}_sum"),
+                    format!("{name}_count"),
                 ]
             }
-            InstrumentKind::UpDownCounter | InstrumentKind::Gauge => vec![base],
+            InstrumentKind::Counter | InstrumentKind::UpDownCounter | InstrumentKind::Gauge => {
+                vec![name]
+            }
         };
         for name in names {
             out.insert(name, labels.clone());
         }
     }
     out
+}
+
+/// `target/tools/prom-names` (`BG_QUEUE_PROM_NAMES` overrides): Prometheus'
+/// own OTLP name translation, built by `scripts/build_prom_names.py`.
+fn prom_names() -> PathBuf {
+    let path = std::env::var_os("BG_QUEUE_PROM_NAMES")
+        .map_or_else(|| root().join("target/tools/prom-names"), PathBuf::from);
+    assert!(
+        path.exists(),
+        "{} is missing: run `python3 scripts/build_prom_names.py` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// Runs Prometheus' translation on every metric of the crate, as its OTLP
+/// data type arrives on the wire (tests/otlp.rs checks that type).
+fn prometheus_translation() -> Vec<(String, BTreeSet<String>)> {
+    let input: String = METRICS
+        .iter()
+        .map(|def| {
+            format!(
+                "{}\t{}\t{}\t{}\n",
+                def.name,
+                def.unit,
+                wire_kind(def.kind),
+                def.attributes.join(",")
+            )
+        })
+        .collect();
+    let mut child = Command::new(prom_names())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("prom-names starts");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "prom-names failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let (name, labels) = line.split_once('\t').expect("name<TAB>labels");
+            let labels = labels
+                .split(',')
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect();
+            (name.to_owned(), labels)
+        })
+        .collect()
 }
 
 /// Labels every series has behind the collector, or the query language adds.
@@ -195,6 +274,22 @@ fn the_translation_matches_the_design_examples() {
         assert!(metrics.contains_key(name), "{name}");
     }
     assert!(metrics["bg_task_dropped_total"].contains("bg_drop_reason"));
+}
+
+#[test]
+fn the_translation_here_is_the_one_prometheus_makes() {
+    let real = prometheus_translation();
+    assert_eq!(real.len(), METRICS.len(), "one line per metric: {real:?}");
+    for (def, (name, labels)) in METRICS.iter().zip(&real) {
+        assert_eq!(
+            name,
+            &metric_name(def),
+            "{}: Prometheus names it {name}; fix unit_suffix/metric_name here, then the dashboards",
+            def.name
+        );
+        let expected: BTreeSet<String> = def.attributes.iter().map(|a| label(a)).collect();
+        assert_eq!(labels, &expected, "{}: labels", def.name);
+    }
 }
 
 /// `| \`bg.x\` | kind | unit | ...` rows of a markdown metrics table.

@@ -10,9 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bg_queue::{Builder, METRICS};
-use common::otlp::{Receiver, WireSpan};
+use common::otlp::{wire_kind, Receiver, WireSpan};
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use telemetry::{Protocol, Providers};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
@@ -31,6 +33,20 @@ async fn flush(providers: &Providers) {
     .unwrap();
 }
 
+/// Keeps a reference to both providers and leaks it if the test panics.
+/// The providers' last `Drop` shuts them down and waits for exports that run
+/// on this (current-thread) runtime, which the panic is unwinding: without
+/// this, a failed assertion would hang the test instead of failing it.
+struct LeakOnPanic(Option<(SdkTracerProvider, SdkMeterProvider)>);
+
+impl Drop for LeakOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            std::mem::forget(self.0.take());
+        }
+    }
+}
+
 fn named<'a>(spans: &'a [WireSpan], name: &str) -> Vec<&'a WireSpan> {
     spans.iter().filter(|s| s.name == name).collect()
 }
@@ -44,6 +60,7 @@ async fn spans_and_metrics_arrive_over(protocol: Protocol) {
     let providers = Providers::otlp_to(protocol, Some(&endpoint), "otlp-test").unwrap();
     let tracer_provider = providers.tracer.clone().unwrap();
     let meter_provider = providers.meter.clone().unwrap();
+    let _leak_on_panic = LeakOnPanic(Some((tracer_provider.clone(), meter_provider.clone())));
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(tracer_provider.tracer("app")));
     let _guard = tracing::subscriber::set_default(subscriber);
@@ -110,6 +127,7 @@ async fn spans_and_metrics_arrive_over(protocol: Protocol) {
     for def in METRICS {
         let point = points.iter().find(|p| p.metric == def.name).unwrap();
         assert_eq!(point.unit, def.unit, "{}", def.name);
+        assert_eq!(point.kind, wire_kind(def.kind), "{}", def.name);
         let mut keys: Vec<&str> = point.attributes.keys().map(String::as_str).collect();
         keys.sort_unstable();
         let mut expected = def.attributes.to_vec();

@@ -70,6 +70,17 @@ impl WirePoint {
     }
 }
 
+/// The OTLP data type (a [`WirePoint::kind`]) an instrument of `kind` is
+/// exported as by the OpenTelemetry SDK.
+pub fn wire_kind(kind: bg_queue::InstrumentKind) -> &'static str {
+    match kind {
+        bg_queue::InstrumentKind::Counter => "monotonic_sum",
+        bg_queue::InstrumentKind::UpDownCounter => "sum",
+        bg_queue::InstrumentKind::Gauge => "gauge",
+        bg_queue::InstrumentKind::Histogram => "histogram",
+    }
+}
+
 #[derive(Default)]
 struct Store {
     spans: Mutex<Vec<WireSpan>>,
