@@ -25,10 +25,17 @@ fn chromium() -> PathBuf {
     path
 }
 
+/// Seconds a Chromium run may take before `timeout` kills it (exit status
+/// 124), so that a stuck browser fails the test instead of hanging it.
+const CHROMIUM_LIMIT_SECS: &str = "90";
+
 /// Chromium with the flags this machine needs (no sandbox as root, no
-/// background networking: only loopback is reachable).
+/// background networking: only loopback is reachable), under coreutils'
+/// `timeout`.
 fn headless(profile: &std::path::Path) -> Command {
-    let mut command = Command::new(chromium());
+    let mut command = Command::new("timeout");
+    command.args(["--kill-after=5", CHROMIUM_LIMIT_SECS]);
+    command.arg(chromium());
     command.args([
         "--headless",
         "--no-sandbox",
@@ -118,7 +125,8 @@ async fn the_page_renders_depth_and_updates_it_live() {
     let html = String::from_utf8_lossy(&dom.stdout).into_owned();
     assert!(
         dom.status.success(),
-        "chromium failed: {}",
+        "chromium failed ({}; 124 is the {CHROMIUM_LIMIT_SECS} s limit): {}",
+        dom.status,
         String::from_utf8_lossy(&dom.stderr)
     );
     assert_eq!(
@@ -155,7 +163,12 @@ async fn the_page_renders_depth_and_updates_it_live() {
     let output = tokio::task::spawn_blocking(move || command.output().unwrap())
         .await
         .unwrap();
-    assert!(output.status.success());
+    assert!(
+        output.status.success(),
+        "chromium failed ({}; 124 is the {CHROMIUM_LIMIT_SECS} s limit): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
     let png = std::fs::read(&shot).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     assert!(png.len() > 10_000, "screenshot is only {} bytes", png.len());

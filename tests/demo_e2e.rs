@@ -132,9 +132,10 @@ async fn end_to_end(protocol: &str) {
         Command::new(example("loadgen"))
             .args(["--target", &base, "--rate", "2000", "--count", "30"]),
     );
-    let (status, stdout) = tokio::task::spawn_blocking(move || loadgen.wait_output())
-        .await
-        .unwrap();
+    let (status, stdout) =
+        tokio::task::spawn_blocking(move || loadgen.wait_exit(Duration::from_secs(60)))
+            .await
+            .unwrap();
     assert!(status.success(), "loadgen: {stdout}");
     let tally: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(tally["sent"], 30);

@@ -261,6 +261,10 @@ fn demo_with_endpoint(port: u16, endpoint: &str) -> Proc {
     )
 }
 
+/// Seconds a load generator run may take beyond its planned duration
+/// before the test kills it and fails.
+const LOADGEN_SLACK_SECS: u64 = 60;
+
 fn loadgen(port: u16, rate: u32, count: u64) -> Proc {
     Proc::spawn(
         "loadgen",
@@ -292,7 +296,8 @@ fn run_under_load(endpoint: &str, seconds: u64) -> LoadRun {
     let demo = demo_with_endpoint(port, endpoint);
     let pid = demo.child.id().to_string();
     let rate = 100;
-    let (status, stdout) = loadgen(port, rate, seconds * u64::from(rate)).wait_output();
+    let (status, stdout) = loadgen(port, rate, seconds * u64::from(rate))
+        .wait_exit(Duration::from_secs(seconds + LOADGEN_SLACK_SECS));
     assert!(status.success());
     let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     let (_, peak_rss_kib) = rss_kib(&pid);
@@ -414,10 +419,11 @@ async fn telemetry_resumes_after_the_collector_restarts() {
     let grpc_port = free_port();
     let demo_port = free_port();
     let demo = demo_with_endpoint(demo_port, &format!("http://127.0.0.1:{grpc_port}"));
-    let (status, _) =
-        tokio::task::spawn_blocking(move || loadgen(demo_port, 200, 50).wait_output())
-            .await
-            .unwrap();
+    let (status, _) = tokio::task::spawn_blocking(move || {
+        loadgen(demo_port, 200, 50).wait_exit(Duration::from_secs(LOADGEN_SLACK_SECS))
+    })
+    .await
+    .unwrap();
     assert!(status.success());
     // ... then comes up on the same port.
     let receiver = Receiver::start_on(
@@ -425,10 +431,11 @@ async fn telemetry_resumes_after_the_collector_restarts() {
         "127.0.0.1:0".parse().unwrap(),
     )
     .await;
-    let (status, _) =
-        tokio::task::spawn_blocking(move || loadgen(demo_port, 200, 50).wait_output())
-            .await
-            .unwrap();
+    let (status, _) = tokio::task::spawn_blocking(move || {
+        loadgen(demo_port, 200, 50).wait_exit(Duration::from_secs(LOADGEN_SLACK_SECS))
+    })
+    .await
+    .unwrap();
     assert!(status.success());
     let spans = receiver
         .wait_until("spans after the restart", Duration::from_secs(30), |r| {

@@ -147,12 +147,6 @@ impl Proc {
         }
     }
 
-    /// Waits for a normal exit (e.g. the load generator); returns stdout.
-    pub fn wait_output(mut self) -> (std::process::ExitStatus, String) {
-        let status = self.child.wait().unwrap();
-        (status, self.read_stdout())
-    }
-
     /// Everything the (exited) child wrote to stdout.
     fn read_stdout(&mut self) -> String {
         use std::io::Read as _;
