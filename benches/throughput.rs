@@ -89,8 +89,14 @@ fn throughput(c: &mut Criterion) {
 }
 
 /// Time spent in the submitting call only, for `iters` calls in bursts of
-/// 512 (the queue never fills), inside a `caller` span.
-fn caller_cost(setup: &Setup, iters: u64, submit: Arc<dyn Fn(Sixteen) + Send + Sync>) -> Duration {
+/// `burst` (at most 512: the queue never fills), each burst waited for,
+/// inside a `caller` span.
+fn caller_cost(
+    setup: &Setup,
+    iters: u64,
+    burst: u64,
+    submit: Arc<dyn Fn(Sixteen) + Send + Sync>,
+) -> Duration {
     setup.runtime.block_on(async {
         tokio::spawn(
             async move {
@@ -99,7 +105,7 @@ fn caller_cost(setup: &Setup, iters: u64, submit: Arc<dyn Fn(Sixteen) + Send + S
                 let mut submitted = 0usize;
                 let mut left = iters;
                 while left > 0 {
-                    let n = left.min(512);
+                    let n = left.min(burst);
                     let start = Instant::now();
                     for _ in 0..n {
                         submit(Sixteen {
@@ -121,8 +127,20 @@ fn caller_cost(setup: &Setup, iters: u64, submit: Arc<dyn Fn(Sixteen) + Send + S
     })
 }
 
+/// Bursts of 512 calls: the pool is busy, its runners already started.
 fn spawn_cost(c: &mut Criterion) {
-    let mut group = c.benchmark_group("spawn_cost");
+    spawn_cost_group(c, "spawn_cost", 512);
+}
+
+/// One call at a time, each task finished before the next call: the pool is
+/// idle at every call, as in a request handler that spawns on a quiet
+/// service (bg-queue starts a runner task; the seed wakes its drainer).
+fn spawn_cost_idle(c: &mut Criterion) {
+    spawn_cost_group(c, "spawn_cost_idle", 1);
+}
+
+fn spawn_cost_group(c: &mut Criterion, name: &str, burst: u64) {
+    let mut group = c.benchmark_group(name);
     group.sample_size(20);
     for mode in [Mode::Off, Mode::Full] {
         let setup = Setup::new(mode);
@@ -131,7 +149,12 @@ fn spawn_cost(c: &mut Criterion) {
             let tx = seed_tx.clone();
             b.iter_custom(|iters| {
                 let tx = tx.clone();
-                caller_cost(&setup, iters, Arc::new(move |task| tx.spawn("noop", task)))
+                caller_cost(
+                    &setup,
+                    iters,
+                    burst,
+                    Arc::new(move |task| tx.spawn("noop", task)),
+                )
             })
         });
         let pool = setup.pool(1024, 8);
@@ -141,6 +164,7 @@ fn spawn_cost(c: &mut Criterion) {
                 caller_cost(
                     &setup,
                     iters,
+                    burst,
                     Arc::new(move |task| pool.spawn("noop", task)),
                 )
             })
@@ -150,6 +174,7 @@ fn spawn_cost(c: &mut Criterion) {
                 caller_cost(
                     &setup,
                     iters,
+                    burst,
                     Arc::new(|task| {
                         tokio::spawn(task);
                     }),
@@ -223,5 +248,5 @@ fn drop_path(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, throughput, spawn_cost, drop_path);
+criterion_group!(benches, throughput, spawn_cost, spawn_cost_idle, drop_path);
 criterion_main!(benches);
