@@ -181,15 +181,17 @@ async fn capacity_is_exact_while_every_runner_is_busy() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spinning_producer_does_not_starve_the_pool() {
-    let bg = Builder::new("spin").capacity(1024).build().unwrap();
+/// 50,000 calls from a task that never yields, on a 2-worker runtime: the
+/// pool's runners must run on the other worker meanwhile, so more than the
+/// queue's 1,024 places get used. (The seed's drainer sat in this worker's
+/// LIFO slot, and it accepted exactly 1,024: nothing ran before the loop
+/// ended.)
+async fn assert_a_spinning_producer_is_not_starved(bg: &bg_queue::BackgroundTx) {
+    let before = bg.snapshot();
     let calls = 50_000u64;
     let producer = {
         let bg = bg.clone();
         tokio::spawn(async move {
-            // Never yields: the seed's drainer sat in this worker's LIFO slot
-            // and accepted nothing that ran before the loop ended.
             for _ in 0..calls {
                 bg.spawn("spin", async {});
             }
@@ -197,14 +199,107 @@ async fn a_spinning_producer_does_not_starve_the_pool() {
     };
     producer.await.unwrap();
     bg.idle().await;
-    let snapshot = bg.snapshot();
-    assert_eq!(snapshot.spawned + snapshot.dropped, calls);
+    let after = bg.snapshot();
+    let spawned = after.spawned - before.spawned;
+    let dropped = after.dropped - before.dropped;
+    eprintln!("spinning producer: {spawned} accepted, {dropped} dropped");
+    assert_eq!(spawned + dropped, calls);
     assert!(
-        snapshot.spawned >= 1024,
-        "accepted only {} tasks",
-        snapshot.spawned
+        spawned > 1024,
+        "accepted only {spawned} tasks: nothing ran while the producer spun"
     );
-    assert_eq!(snapshot.completed, snapshot.spawned);
+    assert_eq!(after.completed - before.completed, spawned);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spinning_producer_does_not_starve_the_pool() {
+    let bg = Builder::new("spin").capacity(1024).build().unwrap();
+    assert_a_spinning_producer_is_not_starved(&bg).await;
+}
+
+/// The same once runners are parked, waiting for work: `spawn` wakes a
+/// parked runner into the producer's own worker, where it cannot run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spinning_producer_does_not_starve_parked_runners() {
+    for parked in [1, 8] {
+        let bg = Builder::new("spin").capacity(1024).build().unwrap();
+        // `parked` runners, all started, then all idle.
+        let gate = Gate::new();
+        occupy(&bg, parked, &gate).await;
+        gate.open();
+        bg.idle().await;
+        assert_a_spinning_producer_is_not_starved(&bg).await;
+    }
+}
+
+/// Yields (on this current-thread runtime, that lets every woken runner
+/// run) until no task is alive on the runtime, at most `limit` times;
+/// returns how many are alive.
+async fn alive_tasks_after_yielding(limit: usize) -> usize {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    for _ in 0..limit {
+        if metrics.num_alive_tasks() == 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    metrics.num_alive_tasks()
+}
+
+/// Runners park while the pool is idle (a `spawn` wakes one instead of
+/// starting a task), and leave when the last handle is dropped, after
+/// running what is queued: a pool nobody can reach keeps no task alive.
+#[tokio::test]
+async fn idle_runners_park_and_leave_with_the_last_handle() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let bg = Builder::new("parked").parallelism(4).build().unwrap();
+    let gate = Gate::new();
+    occupy(&bg, 4, &gate).await;
+    gate.open();
+    bg.idle().await;
+    assert_eq!(metrics.num_alive_tasks(), 4, "four parked runners");
+    for round in 0..3 {
+        let (tx, rx) = oneshot::channel();
+        bg.spawn("wake", async move {
+            let _ = tx.send(());
+        });
+        rx.await.expect("a parked runner ran the task");
+        bg.idle().await;
+        assert_eq!(metrics.num_alive_tasks(), 4, "round {round}: runners kept");
+    }
+    let other = bg.clone();
+    drop(bg);
+    assert_eq!(metrics.num_alive_tasks(), 4, "a clone still holds the pool");
+    let (tx, rx) = oneshot::channel();
+    other.spawn("last", async move {
+        let _ = tx.send(());
+    });
+    drop(other);
+    rx.await
+        .expect("the task queued before the last handle went still ran");
+    assert_eq!(alive_tasks_after_yielding(1_000).await, 0, "runners left");
+}
+
+/// `shutdown` on an idle pool with parked runners: drained at once, and the
+/// runners leave.
+#[tokio::test]
+async fn shutdown_releases_parked_runners() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let bg = Builder::new("parked").parallelism(3).build().unwrap();
+    let gate = Gate::new();
+    occupy(&bg, 3, &gate).await;
+    gate.open();
+    bg.idle().await;
+    assert_eq!(metrics.num_alive_tasks(), 3);
+    let report = bg.shutdown(Duration::from_secs(10)).await;
+    assert!(report.drained, "{report:?}");
+    assert_eq!(report.completed, 3);
+    assert_eq!(alive_tasks_after_yielding(1_000).await, 0, "runners left");
+    assert_eq!(
+        bg.try_spawn("late", async {}),
+        Err(SpawnError::Closed),
+        "closed after shutdown"
+    );
 }
 
 #[tokio::test]
