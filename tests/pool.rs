@@ -42,6 +42,14 @@ async fn occupy(pool: &bg_queue::BackgroundTx, n: usize, gate: &Gate) {
     }
 }
 
+/// Starts `n` runners on `pool` and lets them finish: they stay, parked.
+async fn park_runners(pool: &bg_queue::BackgroundTx, n: usize) {
+    let gate = Gate::new();
+    occupy(pool, n, &gate).await;
+    gate.open();
+    pool.idle().await;
+}
+
 #[tokio::test]
 async fn seed_drop_in_runs_every_task() {
     let bg = spawn_pool();
@@ -223,11 +231,7 @@ async fn a_spinning_producer_does_not_starve_the_pool() {
 async fn a_spinning_producer_does_not_starve_parked_runners() {
     for parked in [1, 8] {
         let bg = Builder::new("spin").capacity(1024).build().unwrap();
-        // `parked` runners, all started, then all idle.
-        let gate = Gate::new();
-        occupy(&bg, parked, &gate).await;
-        gate.open();
-        bg.idle().await;
+        park_runners(&bg, parked).await;
         assert_a_spinning_producer_is_not_starved(&bg).await;
     }
 }
@@ -253,10 +257,7 @@ async fn alive_tasks_after_yielding(limit: usize) -> usize {
 async fn idle_runners_park_and_leave_with_the_last_handle() {
     let metrics = tokio::runtime::Handle::current().metrics();
     let bg = Builder::new("parked").parallelism(4).build().unwrap();
-    let gate = Gate::new();
-    occupy(&bg, 4, &gate).await;
-    gate.open();
-    bg.idle().await;
+    park_runners(&bg, 4).await;
     assert_eq!(metrics.num_alive_tasks(), 4, "four parked runners");
     for round in 0..3 {
         let (tx, rx) = oneshot::channel();
@@ -286,10 +287,7 @@ async fn idle_runners_park_and_leave_with_the_last_handle() {
 async fn shutdown_releases_parked_runners() {
     let metrics = tokio::runtime::Handle::current().metrics();
     let bg = Builder::new("parked").parallelism(3).build().unwrap();
-    let gate = Gate::new();
-    occupy(&bg, 3, &gate).await;
-    gate.open();
-    bg.idle().await;
+    park_runners(&bg, 3).await;
     assert_eq!(metrics.num_alive_tasks(), 3);
     let report = bg.shutdown(Duration::from_secs(10)).await;
     assert!(report.drained, "{report:?}");
@@ -838,6 +836,8 @@ async fn a_panic_in_a_task_futures_drop_is_contained() {
         let _ = tx.send(());
     });
     rx.await.expect("a task after the panicking drops ran");
+    // The task ran; its end is counted once its runner records it.
+    bg.idle().await;
     let snapshot = bg.snapshot();
     assert_eq!(snapshot.task("finishes").unwrap().panicked, 1);
     assert_eq!(snapshot.task("hangs").unwrap().timed_out, 1);
