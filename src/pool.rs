@@ -280,17 +280,11 @@ impl Builder {
             inbox: inbox_tx,
             admission: AtomicU64::new(if runtime.is_some() { 0 } else { CLOSED }),
             runner_count: AtomicUsize::new(0),
-            parked: AtomicUsize::new(0),
-            wake: Notify::new(),
-            handles_gone: std::sync::atomic::AtomicBool::new(false),
             runtime,
             idle: Notify::new(),
         });
         telemetry::register_observers(&meter, Arc::downgrade(&pool));
-        BackgroundTx {
-            _handle: Arc::new(HandleToken(Arc::clone(&pool))),
-            pool,
-        }
+        BackgroundTx { pool }
     }
 }
 
@@ -427,10 +421,8 @@ impl State {
         }
     }
 
-    /// Nothing admitted, queued or running, and every registered runner
-    /// parked (or none left).
-    fn is_idle(&self, admitted: u64, parked: usize) -> bool {
-        admitted == 0 && self.queue.is_empty() && self.running == 0 && self.runners.len() <= parked
+    fn is_idle(&self, admitted: u64) -> bool {
+        admitted == 0 && self.queue.is_empty() && self.running == 0 && self.runners.is_empty()
     }
 
     /// Takes every queued task out, counting it abandoned. The caller has
@@ -500,19 +492,8 @@ pub(crate) struct Pool {
     admission: AtomicU64,
     /// Runners counted as active, never more than `parallelism`. An exiting
     /// runner steps out of this count before it leaves the registry in
-    /// `state.runners`, so the registry may briefly list one more. Parked
-    /// runners stay counted.
+    /// `state.runners`, so the registry may briefly list one more.
     runner_count: AtomicUsize,
-    /// Runners parked on [`wake`](Self::wake), waiting for work: counted by
-    /// the runner before its last look at the queue, uncounted when it
-    /// wakes (so it may briefly count a runner already woken).
-    parked: AtomicUsize,
-    /// Where runners park when the queue is empty. `spawn` wakes one
-    /// (`notify_one`); closing the pool or dropping its last handle wakes
-    /// all, and they leave once the queue is empty.
-    wake: Notify,
-    /// Set when the last [`BackgroundTx`] is dropped: runners stop parking.
-    handles_gone: std::sync::atomic::AtomicBool,
 }
 
 impl Pool {
@@ -569,23 +550,10 @@ impl Pool {
         self.capacity
     }
 
-    /// Nothing admitted, queued or running, and no runner busy.
+    /// Nothing admitted, queued or running, and no runner left.
     fn is_idle(&self) -> bool {
         let state = self.lock_absorbed(self.now());
-        state.is_idle(self.admitted(), self.parked.load(Ordering::SeqCst))
-    }
-
-    /// Whether a runner that found the queue empty may park rather than
-    /// leave: not once the pool closes or its last handle is dropped.
-    fn may_park(&self) -> bool {
-        self.admission.load(Ordering::SeqCst) & CLOSED == 0
-            && !self.handles_gone.load(Ordering::SeqCst)
-    }
-
-    /// Wakes every parked runner, so that each runs what is queued and
-    /// then leaves (after closing, or when the last handle is gone).
-    fn unpark_all(&self) {
-        self.wake.notify_waiters();
+        state.is_idle(self.admitted())
     }
 
     pub(crate) fn parallelism(&self) -> usize {
@@ -679,7 +647,7 @@ impl Pool {
         // The receiver lives as long as the pool (it is in `state`), and the
         // pool outlives this call: the send cannot fail.
         let _ = self.inbox.send(envelope);
-        self.wake_runner();
+        self.ensure_runner();
         Ok(())
     }
 
@@ -729,25 +697,8 @@ impl Pool {
         error
     }
 
-    /// After a task was sent: wakes a parked runner, if one is counted
-    /// (no new task, no other worker woken: tokio runs the woken runner on
-    /// this worker, once the caller yields), and starts a runner if fewer
-    /// than `parallelism` exist. Starting one even when a runner was woken
-    /// matters for a caller that never yields: the runner it woke waits in
-    /// this worker's LIFO slot, and the next one scheduled here pushes it
-    /// out where the other workers can take it. Once `parallelism` runners
-    /// exist, the second step is one atomic load. Pairs with the park
-    /// check in [`run_loop`] (sequentially consistent on both sides: a
-    /// runner counts itself parked, then looks at the admission count).
-    fn wake_runner(self: &Arc<Self>) {
-        if self.parked.load(Ordering::SeqCst) > 0 {
-            self.wake.notify_one();
-        }
-        self.ensure_runner();
-    }
-
-    /// Starts a runner if fewer than `parallelism` exist. Pairs with the
-    /// exit check in [`run_loop`].
+    /// Starts a runner if fewer than `parallelism` exist. Called after a
+    /// task was sent; pairs with the exit check in [`run_loop`].
     fn ensure_runner(self: &Arc<Self>) {
         if self.claim_runner_slot() {
             self.start_runner();
@@ -795,7 +746,6 @@ impl Pool {
             current: None,
             pending: None,
             counted: true,
-            parked: false,
             finished: false,
         };
         let handle = runtime.spawn(ContainPanic {
@@ -874,8 +824,6 @@ struct RunnerGuard {
     pending: Option<Finished>,
     /// Whether this runner is counted in `runner_count`.
     counted: bool,
-    /// Whether this runner is counted in `parked`.
-    parked: bool,
     finished: bool,
 }
 
@@ -937,9 +885,6 @@ impl Drop for RunnerGuard {
         let current = self.current.take();
         if self.counted {
             pool.runner_count.fetch_sub(1, Ordering::SeqCst);
-        }
-        if self.parked {
-            pool.parked.fetch_sub(1, Ordering::SeqCst);
         }
         let mut state = pool.lock();
         if let Some(finished) = self.pending.take() {
@@ -1015,7 +960,6 @@ pub(crate) fn format_counts(counts: &[(&'static str, u64)]) -> String {
 /// What a runner does next.
 enum Next {
     Run(Envelope, Arc<TaskAttributes>, Instant),
-    Park,
     Linger,
     Exit,
 }
@@ -1052,42 +996,16 @@ async fn run_loop(mut guard: RunnerGuard) {
                     stats.running += 1;
                     Next::Run(envelope, Arc::clone(attrs), now)
                 }
-                // Wait, registered and counted, for `spawn` to wake this
-                // runner: waking a parked task is far cheaper for the caller
-                // than starting a new one.
-                None if pool.may_park() => Next::Park,
-                // Closing (or no handle left): stay registered for one yield
-                // before leaving, since a task's `Drop` or a last burst may
-                // still refill the queue; no task can be stranded meanwhile.
+                // Stay registered for one yield before leaving: a producer
+                // in the middle of a burst refills the queue right away, and
+                // exiting would make it pay for a new runner task. Still
+                // registered, so no task can be stranded meanwhile.
                 None if !lingered => Next::Linger,
                 None => Next::Exit,
             }
         };
         let (envelope, attrs, started) = match next {
             Next::Run(envelope, attrs, started) => (envelope, attrs, started),
-            Next::Park => {
-                // Created (and registered) before the last look below, so
-                // that no wake-up sent after that look is missed: a
-                // `notify_one` reaches it (or leaves a permit), and a
-                // `notify_waiters` reaches every `Notified` created before it.
-                let woken = pool.wake.notified();
-                tokio::pin!(woken);
-                woken.as_mut().enable();
-                pool.parked.fetch_add(1, Ordering::SeqCst);
-                guard.parked = true;
-                // The other half of `wake_runner`: counted parked first, then
-                // look for a task admitted meanwhile.
-                if pool.admitted() == 0 && pool.may_park() {
-                    // `idle()` and `shutdown` waiters look again: this
-                    // runner no longer counts as busy.
-                    pool.idle.notify_waiters();
-                    woken.await;
-                }
-                pool.parked.fetch_sub(1, Ordering::SeqCst);
-                guard.parked = false;
-                lingered = false;
-                continue;
-            }
             Next::Linger => {
                 lingered = true;
                 tokio::task::yield_now().await;
@@ -1189,20 +1107,6 @@ struct Finished {
 #[must_use = "a pool handle does nothing unless tasks are spawned on it"]
 pub struct BackgroundTx {
     pool: Arc<Pool>,
-    /// Shared by every clone of this handle (see [`HandleToken`]).
-    _handle: Arc<HandleToken>,
-}
-
-/// Shared by all the clones of a pool's handle. When the last one is
-/// dropped, parked runners stop waiting: they run what is queued, then
-/// leave, so a pool nobody can reach any more frees its runner tasks.
-struct HandleToken(Arc<Pool>);
-
-impl Drop for HandleToken {
-    fn drop(&mut self) {
-        self.0.handles_gone.store(true, Ordering::SeqCst);
-        self.0.unpark_all();
-    }
 }
 
 impl fmt::Debug for BackgroundTx {
@@ -1285,8 +1189,6 @@ impl BackgroundTx {
             }
             self.pool.close_admission();
         }
-        // Parked runners see the pool closed: they leave once it drains.
-        self.pool.unpark_all();
         let drained = self.wait_idle(Some(deadline)).await;
         if !drained {
             {

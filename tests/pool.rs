@@ -42,14 +42,6 @@ async fn occupy(pool: &bg_queue::BackgroundTx, n: usize, gate: &Gate) {
     }
 }
 
-/// Starts `n` runners on `pool` and lets them finish: they stay, parked.
-async fn park_runners(pool: &bg_queue::BackgroundTx, n: usize) {
-    let gate = Gate::new();
-    occupy(pool, n, &gate).await;
-    gate.open();
-    pool.idle().await;
-}
-
 #[tokio::test]
 async fn seed_drop_in_runs_every_task() {
     let bg = spawn_pool();
@@ -223,81 +215,6 @@ async fn assert_a_spinning_producer_is_not_starved(bg: &bg_queue::BackgroundTx) 
 async fn a_spinning_producer_does_not_starve_the_pool() {
     let bg = Builder::new("spin").capacity(1024).build().unwrap();
     assert_a_spinning_producer_is_not_starved(&bg).await;
-}
-
-/// The same once runners are parked, waiting for work: `spawn` wakes a
-/// parked runner into the producer's own worker, where it cannot run.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spinning_producer_does_not_starve_parked_runners() {
-    for parked in [1, 8] {
-        let bg = Builder::new("spin").capacity(1024).build().unwrap();
-        park_runners(&bg, parked).await;
-        assert_a_spinning_producer_is_not_starved(&bg).await;
-    }
-}
-
-/// Yields (on this current-thread runtime, that lets every woken runner
-/// run) until no task is alive on the runtime, at most `limit` times;
-/// returns how many are alive.
-async fn alive_tasks_after_yielding(limit: usize) -> usize {
-    let metrics = tokio::runtime::Handle::current().metrics();
-    for _ in 0..limit {
-        if metrics.num_alive_tasks() == 0 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    metrics.num_alive_tasks()
-}
-
-/// Runners park while the pool is idle (a `spawn` wakes one instead of
-/// starting a task), and leave when the last handle is dropped, after
-/// running what is queued: a pool nobody can reach keeps no task alive.
-#[tokio::test]
-async fn idle_runners_park_and_leave_with_the_last_handle() {
-    let metrics = tokio::runtime::Handle::current().metrics();
-    let bg = Builder::new("parked").parallelism(4).build().unwrap();
-    park_runners(&bg, 4).await;
-    assert_eq!(metrics.num_alive_tasks(), 4, "four parked runners");
-    for round in 0..3 {
-        let (tx, rx) = oneshot::channel();
-        bg.spawn("wake", async move {
-            let _ = tx.send(());
-        });
-        rx.await.expect("a parked runner ran the task");
-        bg.idle().await;
-        assert_eq!(metrics.num_alive_tasks(), 4, "round {round}: runners kept");
-    }
-    let other = bg.clone();
-    drop(bg);
-    assert_eq!(metrics.num_alive_tasks(), 4, "a clone still holds the pool");
-    let (tx, rx) = oneshot::channel();
-    other.spawn("last", async move {
-        let _ = tx.send(());
-    });
-    drop(other);
-    rx.await
-        .expect("the task queued before the last handle went still ran");
-    assert_eq!(alive_tasks_after_yielding(1_000).await, 0, "runners left");
-}
-
-/// `shutdown` on an idle pool with parked runners: drained at once, and the
-/// runners leave.
-#[tokio::test]
-async fn shutdown_releases_parked_runners() {
-    let metrics = tokio::runtime::Handle::current().metrics();
-    let bg = Builder::new("parked").parallelism(3).build().unwrap();
-    park_runners(&bg, 3).await;
-    assert_eq!(metrics.num_alive_tasks(), 3);
-    let report = bg.shutdown(Duration::from_secs(10)).await;
-    assert!(report.drained, "{report:?}");
-    assert_eq!(report.completed, 3);
-    assert_eq!(alive_tasks_after_yielding(1_000).await, 0, "runners left");
-    assert_eq!(
-        bg.try_spawn("late", async {}),
-        Err(SpawnError::Closed),
-        "closed after shutdown"
-    );
 }
 
 #[tokio::test]
