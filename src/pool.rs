@@ -22,7 +22,10 @@
 //! sees the other: either the producer starts a runner or the runner stays.
 //! Runners are ordinary tokio tasks, so a producer spinning on one worker
 //! cannot hide them in its LIFO slot the way the seed's single drainer was
-//! hidden: all but the newest runner can be stolen by other workers.
+//! hidden: all but the newest runner can be stolen by other workers. With
+//! `parallelism` 1 the only runner is the newest, so a producer that never
+//! yields holds it back, as it held the seed's drainer (README, "What it
+//! promises").
 //!
 //! The lock is held for a few hundred nanoseconds at most: no await, no
 //! allocation except queue growth, no logging and no span work under it. A
