@@ -186,8 +186,9 @@ async fn capacity_is_exact_while_every_runner_is_busy() {
 /// queue's 1,024 places get used. (The seed's drainer sat in this worker's
 /// LIFO slot, and it accepted exactly 1,024: nothing ran before the loop
 /// ended.)
-async fn assert_a_spinning_producer_is_not_starved(bg: &bg_queue::BackgroundTx) {
-    let before = bg.snapshot();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spinning_producer_does_not_starve_the_pool() {
+    let bg = Builder::new("spin").capacity(1024).build().unwrap();
     let calls = 50_000u64;
     let producer = {
         let bg = bg.clone();
@@ -199,22 +200,18 @@ async fn assert_a_spinning_producer_is_not_starved(bg: &bg_queue::BackgroundTx) 
     };
     producer.await.unwrap();
     bg.idle().await;
-    let after = bg.snapshot();
-    let spawned = after.spawned - before.spawned;
-    let dropped = after.dropped - before.dropped;
-    eprintln!("spinning producer: {spawned} accepted, {dropped} dropped");
-    assert_eq!(spawned + dropped, calls);
-    assert!(
-        spawned > 1024,
-        "accepted only {spawned} tasks: nothing ran while the producer spun"
+    let snapshot = bg.snapshot();
+    eprintln!(
+        "spinning producer: {} accepted, {} dropped",
+        snapshot.spawned, snapshot.dropped
     );
-    assert_eq!(after.completed - before.completed, spawned);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spinning_producer_does_not_starve_the_pool() {
-    let bg = Builder::new("spin").capacity(1024).build().unwrap();
-    assert_a_spinning_producer_is_not_starved(&bg).await;
+    assert_eq!(snapshot.spawned + snapshot.dropped, calls);
+    assert!(
+        snapshot.spawned > 1024,
+        "accepted only {} tasks: nothing ran while the producer spun",
+        snapshot.spawned
+    );
+    assert_eq!(snapshot.completed, snapshot.spawned);
 }
 
 #[tokio::test]
