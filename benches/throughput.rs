@@ -90,11 +90,13 @@ fn throughput(c: &mut Criterion) {
 
 /// Time spent in the submitting call only, for `iters` calls in bursts of
 /// `burst` (at most 512: the queue never fills), each burst waited for,
-/// inside a `caller` span.
+/// inside a `caller` span. With `settle`, each wait also lasts until that
+/// pool is idle, its runners gone (as after a quiet spell).
 fn caller_cost(
     setup: &Setup,
     iters: u64,
     burst: u64,
+    settle: Option<bg_queue::BackgroundTx>,
     submit: Arc<dyn Fn(Sixteen) + Send + Sync>,
 ) -> Duration {
     setup.runtime.block_on(async {
@@ -116,6 +118,9 @@ fn caller_cost(
                     total += start.elapsed();
                     submitted += n as usize;
                     latch.wait_for(submitted).await;
+                    if let Some(pool) = &settle {
+                        pool.idle().await;
+                    }
                     left -= n;
                 }
                 total
@@ -129,17 +134,18 @@ fn caller_cost(
 
 /// Bursts of 512 calls: the pool is busy, its runners already started.
 fn spawn_cost(c: &mut Criterion) {
-    spawn_cost_group(c, "spawn_cost", 512);
+    spawn_cost_group(c, "spawn_cost", 512, false);
 }
 
 /// One call at a time, each task finished before the next call: the pool is
 /// idle at every call, as in a request handler that spawns on a quiet
 /// service (bg-queue starts a runner task; the seed wakes its drainer).
 fn spawn_cost_idle(c: &mut Criterion) {
-    spawn_cost_group(c, "spawn_cost_idle", 1);
+    spawn_cost_group(c, "spawn_cost_idle", 1, true);
+    spawn_cost_group(c, "spawn_cost_warm", 1, false);
 }
 
-fn spawn_cost_group(c: &mut Criterion, name: &str, burst: u64) {
+fn spawn_cost_group(c: &mut Criterion, name: &str, burst: u64, settle: bool) {
     let mut group = c.benchmark_group(name);
     group.sample_size(20);
     for mode in [Mode::Off, Mode::Full] {
@@ -153,6 +159,7 @@ fn spawn_cost_group(c: &mut Criterion, name: &str, burst: u64) {
                     &setup,
                     iters,
                     burst,
+                    None,
                     Arc::new(move |task| tx.spawn("noop", task)),
                 )
             })
@@ -165,6 +172,7 @@ fn spawn_cost_group(c: &mut Criterion, name: &str, burst: u64) {
                     &setup,
                     iters,
                     burst,
+                    settle.then(|| pool.clone()),
                     Arc::new(move |task| pool.spawn("noop", task)),
                 )
             })
@@ -175,6 +183,7 @@ fn spawn_cost_group(c: &mut Criterion, name: &str, burst: u64) {
                     &setup,
                     iters,
                     burst,
+                    None,
                     Arc::new(|task| {
                         tokio::spawn(task);
                     }),

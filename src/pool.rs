@@ -20,6 +20,14 @@
 //! runner about to exit decrements the runner count *then* reads the
 //! admission word. Both are sequentially consistent, so at least one of them
 //! sees the other: either the producer starts a runner or the runner stays.
+//!
+//! A runner that finds the queue empty does not leave at once: it
+//! *lingers*, counted as such in the runner word, yields once, steps out of
+//! that count and looks again. A producer that sees at least as many
+//! lingering runners as tasks waiting starts none (a runner task is most of
+//! the cost of a `spawn` on a quiet pool): each of those runners looks at
+//! the queue after the producer's admission, and if it finds nothing there
+//! yet, its exit check above sees the admission and it stays.
 //! Runners are ordinary tokio tasks, so a producer spinning on one worker
 //! cannot hide them in its LIFO slot the way the seed's single drainer was
 //! hidden: all but the newest runner can be stolen by other workers. With
@@ -34,7 +42,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -71,6 +79,13 @@ const ABORT_SETTLE: Duration = Duration::from_secs(1);
 /// The admission word's "closed" bit: set once, when the pool stops
 /// accepting (shutdown, or no runtime).
 const CLOSED: u64 = 1 << 63;
+/// One runner in the runner word (its low half counts runners).
+const RUNNER: u64 = 1;
+/// One lingering runner in the runner word (its high half counts runners
+/// that found the queue empty and yielded once before leaving).
+const LINGERING: u64 = 1 << 32;
+/// The runner word's low half.
+const RUNNERS_MASK: u64 = LINGERING - 1;
 
 /// Builds a pool. Every setting has a default; see each method.
 ///
@@ -282,7 +297,7 @@ impl Builder {
             }),
             inbox: inbox_tx,
             admission: AtomicU64::new(if runtime.is_some() { 0 } else { CLOSED }),
-            runner_count: AtomicUsize::new(0),
+            runners: AtomicU64::new(0),
             runtime,
             idle: Notify::new(),
         });
@@ -493,10 +508,13 @@ pub(crate) struct Pool {
     /// `spawn` with a compare-and-swap (never past `capacity`), decremented
     /// under the lock when a task starts or is abandoned.
     admission: AtomicU64,
-    /// Runners counted as active, never more than `parallelism`. An exiting
-    /// runner steps out of this count before it leaves the registry in
-    /// `state.runners`, so the registry may briefly list one more.
-    runner_count: AtomicUsize,
+    /// The runner word: in its low half, runners counted as active, never
+    /// more than `parallelism`; in its high half, how many of them are
+    /// lingering (yielded once on an empty queue and about to look again).
+    /// An exiting runner steps out of the count before it leaves the
+    /// registry in `state.runners`, so the registry may briefly list one
+    /// more.
+    runners: AtomicU64,
 }
 
 impl Pool {
@@ -650,7 +668,7 @@ impl Pool {
         // The receiver lives as long as the pool (it is in `state`), and the
         // pool outlives this call: the send cannot fail.
         let _ = self.inbox.send(envelope);
-        self.ensure_runner();
+        self.ensure_runner(admission + 1);
         Ok(())
     }
 
@@ -700,37 +718,45 @@ impl Pool {
         error
     }
 
-    /// Starts a runner if fewer than `parallelism` exist. Called after a
-    /// task was sent; pairs with the exit check in [`run_loop`].
-    fn ensure_runner(self: &Arc<Self>) {
-        if self.claim_runner_slot() {
+    /// Starts a runner if fewer than `parallelism` exist and the lingering
+    /// ones are too few for the `admitted` tasks waiting (accepted, not yet
+    /// running, as the caller saw them after its own admission). Called
+    /// after a task was sent; pairs with the exit check in [`run_loop`].
+    ///
+    /// A lingering runner looks at the queue again before it leaves, so a
+    /// `spawn` right after a task ends (a request handler's next call) does
+    /// not pay for a runner task that would find nothing to do.
+    fn ensure_runner(self: &Arc<Self>, admitted: u64) {
+        if self.claim_runner_slot(admitted) {
             self.start_runner();
         }
     }
 
-    /// Counts one more runner if fewer than `parallelism` are counted;
-    /// whether it did (a new runner may start, or an exiting one stay).
-    fn claim_runner_slot(&self) -> bool {
-        let mut count = self.runner_count.load(Ordering::SeqCst);
-        while count < self.parallelism {
-            match self.runner_count.compare_exchange_weak(
-                count,
-                count + 1,
+    /// Counts one more runner if fewer than `parallelism` are counted and
+    /// fewer than `admitted` are lingering; whether it did (a new runner may
+    /// start, or an exiting one stay).
+    fn claim_runner_slot(&self, admitted: u64) -> bool {
+        let limit = self.parallelism.min(RUNNERS_MASK as usize) as u64;
+        let mut word = self.runners.load(Ordering::SeqCst);
+        while word & RUNNERS_MASK < limit && word / LINGERING < admitted {
+            match self.runners.compare_exchange_weak(
+                word,
+                word + RUNNER,
                 Ordering::SeqCst,
                 Ordering::SeqCst,
             ) {
                 Ok(_) => return true,
-                Err(actual) => count = actual,
+                Err(actual) => word = actual,
             }
         }
         false
     }
 
-    /// Registers and spawns one runner (already counted in `runner_count`).
+    /// Registers and spawns one runner (already counted in `runners`).
     fn start_runner(self: &Arc<Self>) {
         let Some(runtime) = &self.runtime else {
             // Unreachable: a pool without a runtime admits nothing.
-            self.runner_count.fetch_sub(1, Ordering::SeqCst);
+            self.runners.fetch_sub(RUNNER, Ordering::SeqCst);
             return;
         };
         // Registered before it is spawned, so its exit always finds its slot.
@@ -749,6 +775,7 @@ impl Pool {
             current: None,
             pending: None,
             counted: true,
+            lingering: false,
             finished: false,
         };
         let handle = runtime.spawn(ContainPanic {
@@ -825,8 +852,10 @@ struct RunnerGuard {
     /// A run that ended and is not counted yet (it is counted with the next
     /// pop; the guard counts it if telemetry panicked in between).
     pending: Option<Finished>,
-    /// Whether this runner is counted in `runner_count`.
+    /// Whether this runner is counted in `runners`.
     counted: bool,
+    /// Whether this runner is counted as lingering there.
+    lingering: bool,
     finished: bool,
 }
 
@@ -886,8 +915,11 @@ impl Drop for RunnerGuard {
         let panicking = std::thread::panicking() && POLLING_RUNNER.with(std::cell::Cell::get);
         let pool = Arc::clone(&self.pool);
         let current = self.current.take();
+        if self.lingering {
+            pool.runners.fetch_sub(LINGERING, Ordering::SeqCst);
+        }
         if self.counted {
-            pool.runner_count.fetch_sub(1, Ordering::SeqCst);
+            pool.runners.fetch_sub(RUNNER, Ordering::SeqCst);
         }
         let mut state = pool.lock();
         if let Some(finished) = self.pending.take() {
@@ -922,9 +954,10 @@ impl Drop for RunnerGuard {
         if runtime_gone {
             abandoned_names.extend(pool.abandon_queued());
         }
-        if panicking && pool.admitted() > 0 {
+        let admitted = pool.admitted();
+        if panicking && admitted > 0 {
             // Another runner takes over whatever is waiting.
-            pool.ensure_runner();
+            pool.ensure_runner(admitted);
         }
         pool.idle.notify_waiters();
         if let Some(current) = current {
@@ -1011,15 +1044,24 @@ async fn run_loop(mut guard: RunnerGuard) {
             Next::Run(envelope, attrs, started) => (envelope, attrs, started),
             Next::Linger => {
                 lingered = true;
+                // Counted as lingering while it yields: a `spawn` meanwhile
+                // counts on it instead of starting a runner. It steps out
+                // before it looks at the queue again, and if that look
+                // finds nothing, the exit check below still sees the task
+                // that `spawn` admitted before it read the count.
+                pool.runners.fetch_add(LINGERING, Ordering::SeqCst);
+                guard.lingering = true;
                 tokio::task::yield_now().await;
+                pool.runners.fetch_sub(LINGERING, Ordering::SeqCst);
+                guard.lingering = false;
                 continue;
             }
             Next::Exit => {
                 // Step out of the count, then look for a task admitted
                 // meanwhile (the other half of `ensure_runner`'s check).
-                pool.runner_count.fetch_sub(1, Ordering::SeqCst);
+                pool.runners.fetch_sub(RUNNER, Ordering::SeqCst);
                 guard.counted = false;
-                if pool.admitted() > 0 && pool.claim_runner_slot() {
+                if pool.admitted() > 0 && pool.claim_runner_slot(u64::MAX) {
                     guard.counted = true;
                     lingered = false;
                     continue;

@@ -478,6 +478,46 @@ fn a_task_spawned_while_the_last_runner_leaves_still_runs() {
     assert!(snapshot.is_consistent());
 }
 
+/// A runner that finds the queue empty yields once and looks again before
+/// it leaves. A task spawned meanwhile (a request handler's next call, just
+/// after the previous task ended) is left to that runner: `spawn` starts no
+/// other runner task, which on an idle pool is most of its cost. Counted
+/// with the runtime's live tasks, on one thread so that the order is fixed;
+/// rounds in which the runner already left are allowed to start one.
+#[tokio::test(flavor = "current_thread")]
+async fn a_spawn_while_a_runner_lingers_starts_no_other_runner() {
+    let bg = Builder::new("linger").build().unwrap();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let mut lingering_rounds = 0;
+    for round in 0..50 {
+        let (ran_tx, ran_rx) = oneshot::channel();
+        bg.spawn("first", async move {
+            let _ = ran_tx.send(());
+        });
+        ran_rx.await.unwrap();
+        let before = metrics.num_alive_tasks();
+        let (ran_tx, ran_rx) = oneshot::channel();
+        bg.spawn("second", async move {
+            let _ = ran_tx.send(());
+        });
+        let after = metrics.num_alive_tasks();
+        assert!(
+            after <= before.max(1),
+            "round {round}: {before} live tasks before the spawn, {after} after"
+        );
+        if before == 1 {
+            lingering_rounds += 1;
+        }
+        ran_rx.await.unwrap();
+        bg.idle().await;
+    }
+    // The case under test happened (the runner was still there).
+    assert!(lingering_rounds > 0, "the runner never lingered");
+    let snapshot = bg.snapshot();
+    assert_eq!(snapshot.completed, 100);
+    assert!(snapshot.is_consistent());
+}
+
 /// Spawns a `cleanup` task on its pool when dropped.
 struct SpawnOnDrop(bg_queue::BackgroundTx);
 
