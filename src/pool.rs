@@ -28,11 +28,17 @@
 //! the cost of a `spawn` on a quiet pool): each of those runners looks at
 //! the queue after the producer's admission, and if it finds nothing there
 //! yet, its exit check above sees the admission and it stays.
-//! Runners are ordinary tokio tasks, so a producer spinning on one worker
-//! cannot hide them in its LIFO slot the way the seed's single drainer was
-//! hidden: all but the newest runner can be stolen by other workers. With
-//! `parallelism` 1 the only runner is the newest, so a producer that never
-//! yields holds it back, as it held the seed's drainer (README, "What it
+//!
+//! Runners are ordinary tokio tasks, so a producer that submits in a loop
+//! without yielding cannot hide them the way it hid the seed's single
+//! drainer. Tokio puts a task spawned on a worker in that worker's LIFO
+//! slot, which no other worker can steal from, but each runner start pushes
+//! the previous newest runner out of it, where another worker takes it.
+//! With `parallelism` 1 there is no next runner to do that, so once
+//! [`NUDGE_AT`] tasks wait and the runner has still not started, `spawn`
+//! spawns an empty task once, which does the pushing. What it cannot free
+//! is a runner that was lingering on the producer's worker when the loop
+//! began: a yielded task waits until that worker is free (README, "What it
 //! promises").
 //!
 //! The lock is held for a few hundred nanoseconds at most: no await, no
@@ -42,7 +48,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -86,6 +92,17 @@ const RUNNER: u64 = 1;
 const LINGERING: u64 = 1 << 32;
 /// The runner word's low half.
 const RUNNERS_MASK: u64 = LINGERING - 1;
+/// With `parallelism` 1: how many tasks may wait for a runner that has not
+/// started before `spawn` moves it where another worker can take it (see
+/// the module docs). A request handler never gets there; a loop that
+/// submits a batch without yielding does, once per runner.
+pub(crate) const NUDGE_AT: u64 = 32;
+/// [`Pool::unstarted`]: no runner waiting for its first poll.
+const STARTED: u8 = 0;
+/// [`Pool::unstarted`]: the runner spawned last has not been polled yet.
+const UNSTARTED: u8 = 1;
+/// [`Pool::unstarted`]: and `spawn` already pushed it out of the LIFO slot.
+const NUDGED: u8 = 2;
 
 /// Builds a pool. Every setting has a default; see each method.
 ///
@@ -298,6 +315,7 @@ impl Builder {
             inbox: inbox_tx,
             admission: AtomicU64::new(if runtime.is_some() { 0 } else { CLOSED }),
             runners: AtomicU64::new(0),
+            unstarted: AtomicU8::new(STARTED),
             runtime,
             idle: Notify::new(),
         });
@@ -515,6 +533,10 @@ pub(crate) struct Pool {
     /// registry in `state.runners`, so the registry may briefly list one
     /// more.
     runners: AtomicU64,
+    /// With `parallelism` 1, whether the runner spawned last is still
+    /// waiting for its first poll, and whether `spawn` nudged it
+    /// ([`STARTED`], [`UNSTARTED`], [`NUDGED`]).
+    unstarted: AtomicU8,
 }
 
 impl Pool {
@@ -669,6 +691,9 @@ impl Pool {
         // pool outlives this call: the send cannot fail.
         let _ = self.inbox.send(envelope);
         self.ensure_runner(admission + 1);
+        if self.parallelism == 1 && admission + 1 >= NUDGE_AT {
+            self.nudge_runner();
+        }
         Ok(())
     }
 
@@ -752,6 +777,23 @@ impl Pool {
         false
     }
 
+    /// Pushes a runner that has waited for its first poll while [`NUDGE_AT`]
+    /// tasks queued out of this worker's LIFO slot, once, by spawning an
+    /// empty task: the runner goes to the worker's run queue, and a parked
+    /// worker is woken to take it.
+    fn nudge_runner(&self) {
+        if self.unstarted.load(Ordering::Relaxed) == UNSTARTED
+            && self
+                .unstarted
+                .compare_exchange(UNSTARTED, NUDGED, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            if let Some(runtime) = &self.runtime {
+                drop(runtime.spawn(async {}));
+            }
+        }
+    }
+
     /// Registers and spawns one runner (already counted in `runners`).
     fn start_runner(self: &Arc<Self>) {
         let Some(runtime) = &self.runtime else {
@@ -778,6 +820,10 @@ impl Pool {
             lingering: false,
             finished: false,
         };
+        if self.parallelism == 1 {
+            // Before the spawn: the runner's first poll resets it.
+            self.unstarted.store(UNSTARTED, Ordering::Relaxed);
+        }
         let handle = runtime.spawn(ContainPanic {
             pool: Arc::clone(&self.name),
             runner: Box::pin(run_loop(guard)),
@@ -1002,6 +1048,9 @@ enum Next {
 
 async fn run_loop(mut guard: RunnerGuard) {
     let pool = Arc::clone(&guard.pool);
+    if pool.parallelism == 1 {
+        pool.unstarted.store(STARTED, Ordering::Relaxed);
+    }
     // Whether this runner already yielded once on an empty queue.
     let mut lingered = false;
     loop {

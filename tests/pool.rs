@@ -181,14 +181,17 @@ async fn capacity_is_exact_while_every_runner_is_busy() {
     );
 }
 
-/// 50,000 calls from a task that never yields, on a 2-worker runtime: the
-/// pool's runners must run on the other worker meanwhile, so more than the
-/// queue's 1,024 places get used. (The seed's drainer sat in this worker's
-/// LIFO slot, and it accepted exactly 1,024: nothing ran before the loop
-/// ended.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spinning_producer_does_not_starve_the_pool() {
-    let bg = Builder::new("spin").capacity(1024).build().unwrap();
+/// 50,000 calls from a task that never yields, on a 2-worker runtime, into
+/// a pool of `parallelism` runners: its runners must run on the other
+/// worker meanwhile, so more than the queue's 1,024 places get used. (The
+/// seed's drainer sat in this worker's LIFO slot, and it accepted exactly
+/// 1,024: nothing ran before the loop ended.)
+async fn spinning_producer(parallelism: usize) {
+    let bg = Builder::new("spin")
+        .capacity(1024)
+        .parallelism(parallelism)
+        .build()
+        .unwrap();
     let calls = 50_000u64;
     let producer = {
         let bg = bg.clone();
@@ -202,7 +205,7 @@ async fn a_spinning_producer_does_not_starve_the_pool() {
     bg.idle().await;
     let snapshot = bg.snapshot();
     eprintln!(
-        "spinning producer: {} accepted, {} dropped",
+        "spinning producer, parallelism {parallelism}: {} accepted, {} dropped",
         snapshot.spawned, snapshot.dropped
     );
     assert_eq!(snapshot.spawned + snapshot.dropped, calls);
@@ -212,6 +215,18 @@ async fn a_spinning_producer_does_not_starve_the_pool() {
         snapshot.spawned
     );
     assert_eq!(snapshot.completed, snapshot.spawned);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spinning_producer_does_not_starve_the_pool() {
+    spinning_producer(8).await;
+}
+
+/// With one runner, no later runner start pushes it out of the producer's
+/// LIFO slot: `spawn` does that itself once 32 tasks wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spinning_producer_does_not_starve_a_pool_of_one_runner() {
+    spinning_producer(1).await;
 }
 
 #[tokio::test]
