@@ -96,7 +96,7 @@ const RUNNERS_MASK: u64 = LINGERING - 1;
 /// started before `spawn` moves it where another worker can take it (see
 /// the module docs). A request handler never gets there; a loop that
 /// submits a batch without yielding does, once per runner.
-pub(crate) const NUDGE_AT: u64 = 32;
+const NUDGE_AT: u64 = 32;
 /// [`Pool::unstarted`]: no runner waiting for its first poll.
 const STARTED: u8 = 0;
 /// [`Pool::unstarted`]: the runner spawned last has not been polled yet.
@@ -1000,10 +1000,12 @@ impl Drop for RunnerGuard {
         if runtime_gone {
             abandoned_names.extend(pool.abandon_queued());
         }
-        let admitted = pool.admitted();
-        if panicking && admitted > 0 {
-            // Another runner takes over whatever is waiting.
-            pool.ensure_runner(admitted);
+        if panicking {
+            let admitted = pool.admitted();
+            if admitted > 0 {
+                // Another runner takes over whatever is waiting.
+                pool.ensure_runner(admitted);
+            }
         }
         pool.idle.notify_waiters();
         if let Some(current) = current {
