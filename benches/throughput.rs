@@ -137,9 +137,11 @@ fn spawn_cost(c: &mut Criterion) {
     spawn_cost_group(c, "spawn_cost", 512, false);
 }
 
-/// One call at a time, each task finished before the next call: the pool is
-/// idle at every call, as in a request handler that spawns on a quiet
-/// service (bg-queue starts a runner task; the seed wakes its drainer).
+/// One call at a time, each task finished before the next call, in two
+/// groups. `spawn_cost_idle`: bg-queue's pool is also idle, its runners gone,
+/// as in a request handler that spawns on a quiet service (bg-queue starts a
+/// runner task; the seed wakes its drainer). `spawn_cost_warm`: the call
+/// comes right after the task ended, while its runner may still linger.
 fn spawn_cost_idle(c: &mut Criterion) {
     spawn_cost_group(c, "spawn_cost_idle", 1, true);
     spawn_cost_group(c, "spawn_cost_warm", 1, false);
