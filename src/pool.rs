@@ -1109,7 +1109,8 @@ async fn run_loop(mut guard: RunnerGuard) {
             }
             Next::Exit => {
                 // Step out of the count, then look for a task admitted
-                // meanwhile (the other half of `ensure_runner`'s check).
+                // meanwhile (the other half of `ensure_runner`'s check). If
+                // there is one, stay, whoever else lingers: `u64::MAX`.
                 pool.runners.fetch_sub(RUNNER, Ordering::SeqCst);
                 guard.counted = false;
                 if pool.admitted() > 0 && pool.claim_runner_slot(u64::MAX) {
