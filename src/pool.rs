@@ -48,7 +48,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -97,12 +97,6 @@ const RUNNERS_MASK: u64 = LINGERING - 1;
 /// the module docs). A request handler never gets there; a loop that
 /// submits a batch without yielding does, once per runner.
 const NUDGE_AT: u64 = 32;
-/// [`Pool::unstarted`]: no runner waiting for its first poll.
-const STARTED: u8 = 0;
-/// [`Pool::unstarted`]: the runner spawned last has not been polled yet.
-const UNSTARTED: u8 = 1;
-/// [`Pool::unstarted`]: and `spawn` already pushed it out of the LIFO slot.
-const NUDGED: u8 = 2;
 
 /// Builds a pool. Every setting has a default; see each method.
 ///
@@ -315,7 +309,7 @@ impl Builder {
             inbox: inbox_tx,
             admission: AtomicU64::new(if runtime.is_some() { 0 } else { CLOSED }),
             runners: AtomicU64::new(0),
-            unstarted: AtomicU8::new(STARTED),
+            nudge_due: AtomicBool::new(false),
             runtime,
             idle: Notify::new(),
         });
@@ -533,10 +527,9 @@ pub(crate) struct Pool {
     /// registry in `state.runners`, so the registry may briefly list one
     /// more.
     runners: AtomicU64,
-    /// With `parallelism` 1, whether the runner spawned last is still
-    /// waiting for its first poll, and whether `spawn` nudged it
-    /// ([`STARTED`], [`UNSTARTED`], [`NUDGED`]).
-    unstarted: AtomicU8,
+    /// With `parallelism` 1: the runner spawned last has not been polled
+    /// yet, and `spawn` has not nudged it (see [`Pool::nudge_runner`]).
+    nudge_due: AtomicBool,
 }
 
 impl Pool {
@@ -679,19 +672,21 @@ impl Pool {
             return Err(self.refuse(name, error, depth, parent, traced, now));
         }
         let future = boxed.take().expect("boxed before the place was claimed");
+        // Accepted tasks not yet running, this one included.
+        let admitted = admission + 1;
         let envelope = Envelope {
             future,
             name,
             task_index: 0,
-            depth_at_enqueue: u32::try_from(admission + 1).unwrap_or(u32::MAX),
+            depth_at_enqueue: u32::try_from(admitted).unwrap_or(u32::MAX),
             enqueued_at: now,
             parent,
         };
         // The receiver lives as long as the pool (it is in `state`), and the
         // pool outlives this call: the send cannot fail.
         let _ = self.inbox.send(envelope);
-        self.ensure_runner(admission + 1);
-        if self.parallelism == 1 && admission + 1 >= NUDGE_AT {
+        self.ensure_runner(admitted);
+        if self.parallelism == 1 && admitted >= NUDGE_AT {
             self.nudge_runner();
         }
         Ok(())
@@ -782,12 +777,8 @@ impl Pool {
     /// empty task: the runner goes to the worker's run queue, and a parked
     /// worker is woken to take it.
     fn nudge_runner(&self) {
-        if self.unstarted.load(Ordering::Relaxed) == UNSTARTED
-            && self
-                .unstarted
-                .compare_exchange(UNSTARTED, NUDGED, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        // Read first: on this path the flag is almost always clear.
+        if self.nudge_due.load(Ordering::Relaxed) && self.nudge_due.swap(false, Ordering::Relaxed) {
             if let Some(runtime) = &self.runtime {
                 drop(runtime.spawn(async {}));
             }
@@ -822,7 +813,7 @@ impl Pool {
         };
         if self.parallelism == 1 {
             // Before the spawn: the runner's first poll resets it.
-            self.unstarted.store(UNSTARTED, Ordering::Relaxed);
+            self.nudge_due.store(true, Ordering::Relaxed);
         }
         let handle = runtime.spawn(ContainPanic {
             pool: Arc::clone(&self.name),
@@ -1051,7 +1042,7 @@ enum Next {
 async fn run_loop(mut guard: RunnerGuard) {
     let pool = Arc::clone(&guard.pool);
     if pool.parallelism == 1 {
-        pool.unstarted.store(STARTED, Ordering::Relaxed);
+        pool.nudge_due.store(false, Ordering::Relaxed);
     }
     // Whether this runner already yielded once on an empty queue.
     let mut lingered = false;
