@@ -29,6 +29,15 @@
 //! the queue after the producer's admission, and if it finds nothing there
 //! yet, its exit check above sees the admission and it stays.
 //!
+//! When the pool has no standby yet, a runner that still finds nothing does
+//! not leave either: it parks as the pool's *standby*, still counted, with the word's [`PARKED`] bit set, and
+//! the next `spawn` on the idle pool clears the bit and wakes it rather
+//! than starting a runner task (a task allocation, which on a quiet service
+//! is most of a `spawn`'s cost). The same argument holds: the runner sets
+//! the bit then reads the admission word, so either `spawn` sees the bit or
+//! the runner sees the task. A pool keeps at most one standby, and it
+//! leaves at `shutdown` or when the last [`BackgroundTx`] is dropped.
+//!
 //! Runners are ordinary tokio tasks, so a producer that submits in a loop
 //! without yielding cannot hide them the way it hid the seed's single
 //! drainer. Tokio puts a task spawned on a worker in that worker's LIFO
@@ -48,7 +57,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -85,13 +94,16 @@ const ABORT_SETTLE: Duration = Duration::from_secs(1);
 /// The admission word's "closed" bit: set once, when the pool stops
 /// accepting (shutdown, or no runtime).
 const CLOSED: u64 = 1 << 63;
-/// One runner in the runner word (its low half counts runners).
+/// One runner in the runner word (its low 31 bits count runners).
 const RUNNER: u64 = 1;
+/// The runner word's "standby" bit: one runner is parked, still counted,
+/// waiting for `spawn` to wake it (see the module docs).
+const PARKED: u64 = 1 << 31;
 /// One lingering runner in the runner word (its high half counts runners
 /// that found the queue empty and yielded once before leaving).
 const LINGERING: u64 = 1 << 32;
-/// The runner word's low half.
-const RUNNERS_MASK: u64 = LINGERING - 1;
+/// The runner word's runner count.
+const RUNNERS_MASK: u64 = PARKED - 1;
 /// With `parallelism` 1: how many tasks may wait for a runner that has not
 /// started before `spawn` moves it where another worker can take it (see
 /// the module docs). A request handler never gets there; a loop that
@@ -310,6 +322,8 @@ impl Builder {
             admission: AtomicU64::new(if runtime.is_some() { 0 } else { CLOSED }),
             runners: AtomicU64::new(0),
             nudge_due: AtomicBool::new(false),
+            standby: Notify::new(),
+            handles: AtomicUsize::new(1),
             runtime,
             idle: Notify::new(),
         });
@@ -356,6 +370,9 @@ enum Phase {
 struct RunnerSlot {
     id: u64,
     abort: Option<AbortHandle>,
+    /// Parked as the pool's standby: registered, but neither running nor
+    /// looking for work, so the pool counts as idle.
+    parked: bool,
 }
 
 pub(crate) struct State {
@@ -452,7 +469,10 @@ impl State {
     }
 
     fn is_idle(&self, admitted: u64) -> bool {
-        admitted == 0 && self.queue.is_empty() && self.running == 0 && self.runners.is_empty()
+        admitted == 0
+            && self.queue.is_empty()
+            && self.running == 0
+            && self.runners.iter().all(|slot| slot.parked)
     }
 
     /// Takes every queued task out, counting it abandoned. The caller has
@@ -530,6 +550,11 @@ pub(crate) struct Pool {
     /// With `parallelism` 1: the runner spawned last has not been polled
     /// yet, and `spawn` has not nudged it (see [`Pool::nudge_runner`]).
     nudge_due: AtomicBool,
+    /// Wakes the standby runner (one wake per clearing of [`PARKED`]).
+    standby: Notify,
+    /// Live [`BackgroundTx`] handles: when the last one goes, nothing can
+    /// spawn any more, and the standby runner leaves.
+    handles: AtomicUsize,
 }
 
 impl Pool {
@@ -746,19 +771,82 @@ impl Pool {
     /// A lingering runner looks at the queue again before it leaves, so a
     /// `spawn` right after a task ends (a request handler's next call) does
     /// not pay for a runner task that would find nothing to do.
+    ///
+    /// Enough runners linger: nothing to do. Otherwise the standby runner,
+    /// if one is parked, is woken (no new task); failing that, a runner is
+    /// started if fewer than `parallelism` exist.
     fn ensure_runner(self: &Arc<Self>, admitted: u64) {
-        if self.claim_runner_slot(admitted) {
-            self.start_runner();
+        let limit = self.runner_limit();
+        let mut word = self.runners.load(Ordering::SeqCst);
+        loop {
+            let (next, wake) = if word / LINGERING >= admitted {
+                return;
+            } else if word & PARKED != 0 {
+                (word & !PARKED, true)
+            } else if word & RUNNERS_MASK < limit {
+                (word + RUNNER, false)
+            } else {
+                return;
+            };
+            match self
+                .runners
+                .compare_exchange_weak(word, next, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) if wake => {
+                    if self.parallelism == 1 {
+                        // Like a new runner: the nudge moves it if it waits.
+                        self.nudge_due.store(true, Ordering::Relaxed);
+                    }
+                    self.standby.notify_one();
+                    return;
+                }
+                Ok(_) => {
+                    self.start_runner();
+                    return;
+                }
+                Err(actual) => word = actual,
+            }
         }
     }
 
-    /// Counts one more runner if fewer than `parallelism` are counted and
-    /// fewer than `admitted` are lingering; whether it did (a new runner may
-    /// start, or an exiting one stay).
-    fn claim_runner_slot(&self, admitted: u64) -> bool {
-        let limit = self.parallelism.min(RUNNERS_MASK as usize) as u64;
+    /// Clears the standby bit; whether this call did (it then owes the
+    /// standby runner one wake-up).
+    fn clear_standby(&self) -> bool {
+        self.runners.fetch_and(!PARKED, Ordering::SeqCst) & PARKED != 0
+    }
+
+    /// Wakes the standby runner, if one is parked, so that it leaves: the
+    /// pool closed, or its last handle went.
+    fn release_standby(&self) {
+        if self.clear_standby() {
+            self.standby.notify_one();
+        }
+    }
+
+    /// Marks a runner's registry slot parked or not, and tells `idle()`
+    /// waiters when it parks.
+    fn set_parked(&self, id: u64, parked: bool) {
+        let mut state = self.lock();
+        if let Some(slot) = state.runners.iter_mut().find(|slot| slot.id == id) {
+            slot.parked = parked;
+        }
+        drop(state);
+        if parked {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// The most runners the runner word may count: `parallelism`.
+    fn runner_limit(&self) -> u64 {
+        self.parallelism.min(RUNNERS_MASK as usize) as u64
+    }
+
+    /// Counts an exiting runner back in if fewer than `parallelism` are
+    /// counted; whether it did (then it stays).
+    fn claim_runner_slot(&self) -> bool {
+        let limit = self.runner_limit();
         let mut word = self.runners.load(Ordering::SeqCst);
-        while word & RUNNERS_MASK < limit && word / LINGERING < admitted {
+        while word & RUNNERS_MASK < limit {
             match self.runners.compare_exchange_weak(
                 word,
                 word + RUNNER,
@@ -797,7 +885,11 @@ impl Pool {
             let mut state = self.lock();
             let id = state.next_runner_id;
             state.next_runner_id += 1;
-            state.runners.push(RunnerSlot { id, abort: None });
+            state.runners.push(RunnerSlot {
+                id,
+                abort: None,
+                parked: false,
+            });
             id
         };
         // The guard is created outside the async block so that it runs even
@@ -809,6 +901,7 @@ impl Pool {
             pending: None,
             counted: true,
             lingering: false,
+            parked: false,
             finished: false,
         };
         if self.parallelism == 1 {
@@ -893,6 +986,8 @@ struct RunnerGuard {
     counted: bool,
     /// Whether this runner is counted as lingering there.
     lingering: bool,
+    /// Whether this runner set the standby bit and has not been woken.
+    parked: bool,
     finished: bool,
 }
 
@@ -954,6 +1049,11 @@ impl Drop for RunnerGuard {
         let current = self.current.take();
         if self.lingering {
             pool.runners.fetch_sub(LINGERING, Ordering::SeqCst);
+        }
+        if self.parked {
+            // Nobody may wake a runner that is gone (a wake already sent
+            // leaves a permit that the next standby takes as spurious).
+            pool.clear_standby();
         }
         if self.counted {
             pool.runners.fetch_sub(RUNNER, Ordering::SeqCst);
@@ -1099,12 +1199,16 @@ async fn run_loop(mut guard: RunnerGuard) {
                 continue;
             }
             Next::Exit => {
+                if park(&pool, &mut guard).await {
+                    lingered = false;
+                    continue;
+                }
                 // Step out of the count, then look for a task admitted
                 // meanwhile (the other half of `ensure_runner`'s check). If
-                // there is one, stay, whoever else lingers: `u64::MAX`.
+                // there is one, stay, whoever else lingers or is parked.
                 pool.runners.fetch_sub(RUNNER, Ordering::SeqCst);
                 guard.counted = false;
-                if pool.admitted() > 0 && pool.claim_runner_slot(u64::MAX) {
+                if pool.admitted() > 0 && pool.claim_runner_slot() {
                     guard.counted = true;
                     lingered = false;
                     continue;
@@ -1168,6 +1272,50 @@ async fn run_loop(mut guard: RunnerGuard) {
     }
 }
 
+/// Parks the runner as the pool's standby, if the pool has none, is open
+/// and still has handles; returns once woken (true), or at once if it may
+/// not park (false: the runner leaves).
+///
+/// A parked runner stays counted in the runner word, so the lost-wakeup
+/// argument of the module docs carries over: `spawn` admits then reads the
+/// word, the runner sets [`PARKED`] then reads the admission word and the
+/// handle count. Either `spawn` sees the bit and wakes it, or the runner
+/// sees the task (or the close, or the last handle's drop) and stays awake.
+async fn park(pool: &Arc<Pool>, guard: &mut RunnerGuard) -> bool {
+    let mut word = pool.runners.load(Ordering::SeqCst);
+    loop {
+        if word & PARKED != 0
+            || pool.admission.load(Ordering::SeqCst) & CLOSED != 0
+            || pool.handles.load(Ordering::SeqCst) == 0
+        {
+            return false;
+        }
+        match pool.runners.compare_exchange_weak(
+            word,
+            word | PARKED,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        ) {
+            Ok(_) => break,
+            Err(actual) => word = actual,
+        }
+    }
+    guard.parked = true;
+    pool.set_parked(guard.id, true);
+    let wake_now =
+        pool.admission.load(Ordering::SeqCst) != 0 || pool.handles.load(Ordering::SeqCst) == 0;
+    // If someone else cleared the bit first, its wake-up is on the way.
+    if !(wake_now && pool.clear_standby()) {
+        pool.standby.notified().await;
+    }
+    guard.parked = false;
+    pool.set_parked(guard.id, false);
+    if pool.parallelism == 1 {
+        pool.nudge_due.store(false, Ordering::Relaxed);
+    }
+    true
+}
+
 /// A task the runner finished, recorded under the lock with the next pop.
 struct Finished {
     index: usize,
@@ -1191,10 +1339,28 @@ struct Finished {
 /// makes every task visible; compared with the seed's channel-and-semaphore
 /// module, it keeps its promises (never blocks, never panics) and adds panic
 /// isolation, timeouts, honest capacity, a drain at shutdown and telemetry.
-#[derive(Clone)]
 #[must_use = "a pool handle does nothing unless tasks are spawned on it"]
 pub struct BackgroundTx {
     pool: Arc<Pool>,
+}
+
+impl Clone for BackgroundTx {
+    fn clone(&self) -> Self {
+        self.pool.handles.fetch_add(1, Ordering::Relaxed);
+        BackgroundTx {
+            pool: Arc::clone(&self.pool),
+        }
+    }
+}
+
+impl Drop for BackgroundTx {
+    fn drop(&mut self) {
+        // The last handle: nothing can spawn on this pool any more, so its
+        // standby runner leaves (and with the runners, the pool itself).
+        if self.pool.handles.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.pool.release_standby();
+        }
+    }
 }
 
 impl fmt::Debug for BackgroundTx {
@@ -1277,6 +1443,7 @@ impl BackgroundTx {
             }
             self.pool.close_admission();
         }
+        self.pool.release_standby();
         let drained = self.wait_idle(Some(deadline)).await;
         if !drained {
             {

@@ -186,12 +186,22 @@ async fn capacity_is_exact_while_every_runner_is_busy() {
 /// worker meanwhile, so more than the queue's 1,024 places get used. (The
 /// seed's drainer sat in this worker's LIFO slot, and it accepted exactly
 /// 1,024: nothing ran before the loop ended.)
-async fn spinning_producer(parallelism: usize) {
+async fn spinning_producer(parallelism: usize, standby: bool) {
     let bg = Builder::new("spin")
         .capacity(1024)
         .parallelism(parallelism)
         .build()
         .unwrap();
+    if standby {
+        // One task first: its runner then parks as the pool's standby, and
+        // the loop below wakes it instead of starting a runner.
+        let (ran_tx, ran_rx) = oneshot::channel();
+        bg.spawn("first", async move {
+            let _ = ran_tx.send(());
+        });
+        ran_rx.await.unwrap();
+        bg.idle().await;
+    }
     let calls = 50_000u64;
     let producer = {
         let bg = bg.clone();
@@ -208,9 +218,12 @@ async fn spinning_producer(parallelism: usize) {
         "spinning producer, parallelism {parallelism}: {} accepted, {} dropped",
         snapshot.spawned, snapshot.dropped
     );
-    assert_eq!(snapshot.spawned + snapshot.dropped, calls);
+    assert_eq!(
+        snapshot.spawned + snapshot.dropped,
+        calls + u64::from(standby)
+    );
     assert!(
-        snapshot.spawned > 1024,
+        snapshot.spawned > 1024 + u64::from(standby),
         "accepted only {} tasks: nothing ran while the producer spun",
         snapshot.spawned
     );
@@ -219,14 +232,22 @@ async fn spinning_producer(parallelism: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spinning_producer_does_not_starve_the_pool() {
-    spinning_producer(8).await;
+    spinning_producer(8, false).await;
 }
 
 /// With one runner, no later runner start pushes it out of the producer's
 /// LIFO slot: `spawn` does that itself once 32 tasks wait for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spinning_producer_does_not_starve_a_pool_of_one_runner() {
-    spinning_producer(1).await;
+    spinning_producer(1, false).await;
+}
+
+/// The same when the loop wakes the standby runner instead of starting
+/// one: tokio puts a woken task in the waker's LIFO slot too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spinning_producer_does_not_starve_a_woken_standby_runner() {
+    spinning_producer(1, true).await;
+    spinning_producer(8, true).await;
 }
 
 #[tokio::test]
@@ -436,10 +457,10 @@ async fn several_named_pools_coexist() {
 /// panic, timeout), a checker reading snapshots the whole time, then a
 /// shutdown that cuts work short: the invariant holds at every snapshot and
 /// exactly in the report, and every call is in `spawned` or `dropped`.
-/// `spawn` admits without the lock, and a runner leaves when the queue is
-/// empty: the two race whenever a task arrives as the last one finishes,
-/// which is where a lost wakeup would strand a task (admitted, but no
-/// runner coming). In each round, three threads submit one task each after
+/// `spawn` admits without the lock, and a runner leaves (or parks as the
+/// pool's standby) when the queue is empty: the two race whenever a task
+/// arrives as the last one finishes, which is where a lost wakeup would
+/// strand a task (admitted, but no runner coming). In each round, three threads submit one task each after
 /// a delay that sweeps across the runner's exit, at parallelism 1, and the
 /// round waits until all three ran: nothing later can rescue a stranded
 /// task. The timeout only turns a stranded task into a failure, not a hang.
@@ -531,6 +552,98 @@ async fn a_spawn_while_a_runner_lingers_starts_no_other_runner() {
     let snapshot = bg.snapshot();
     assert_eq!(snapshot.completed, 100);
     assert!(snapshot.is_consistent());
+}
+
+/// The live tasks of the current runtime once the ones woken so far have
+/// run: on a current-thread runtime, each yield lets every task that was
+/// woken before it run once. Gives up after 100 yields.
+async fn live_tasks_settled(expected: usize) -> usize {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    for _ in 0..100 {
+        if metrics.num_alive_tasks() == expected {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    metrics.num_alive_tasks()
+}
+
+/// A pool that went idle keeps one runner parked, and the next `spawn`
+/// wakes it instead of starting a runner task (most of the cost of a
+/// `spawn` on a quiet service). The parked runner does not make the pool
+/// look busy: `idle()` returns, and the snapshot shows nothing running.
+#[tokio::test(flavor = "current_thread")]
+async fn an_idle_pool_wakes_its_standby_runner_instead_of_starting_one() {
+    let bg = Builder::new("standby").build().unwrap();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    for round in 0..20 {
+        let (ran_tx, ran_rx) = oneshot::channel();
+        bg.spawn("work", async move {
+            let _ = ran_tx.send(());
+        });
+        ran_rx.await.unwrap();
+        bg.idle().await;
+        let snapshot = bg.snapshot();
+        assert_eq!((snapshot.queued, snapshot.running), (0, 0), "round {round}");
+        assert_eq!(
+            metrics.num_alive_tasks(),
+            1,
+            "round {round}: the standby runner, and nothing else, is left"
+        );
+        let (ran_tx, ran_rx) = oneshot::channel();
+        bg.spawn("work", async move {
+            let _ = ran_tx.send(());
+        });
+        assert_eq!(
+            metrics.num_alive_tasks(),
+            1,
+            "round {round}: spawn on an idle pool started a runner task"
+        );
+        ran_rx.await.unwrap();
+        bg.idle().await;
+    }
+    let snapshot = bg.snapshot();
+    assert_eq!(snapshot.completed, 40);
+    assert!(snapshot.is_consistent());
+}
+
+/// The standby runner leaves when nothing can wake it any more: after
+/// `shutdown`, or when the pool's last handle is dropped (so a pool that is
+/// thrown away does not keep a task, or itself, alive).
+#[tokio::test(flavor = "current_thread")]
+async fn the_standby_runner_leaves_at_shutdown_and_with_the_last_handle() {
+    for ending in ["shutdown", "last handle dropped"] {
+        let bg = Builder::new("standby-leaves").build().unwrap();
+        let clone = bg.clone();
+        bg.spawn("work", async {});
+        bg.idle().await;
+        assert_eq!(
+            live_tasks_settled(1).await,
+            1,
+            "{ending}: no standby parked"
+        );
+        if ending == "shutdown" {
+            let report = bg.shutdown(Duration::from_secs(5)).await;
+            assert!(report.drained);
+            // Both handles are still here: the shutdown alone released it.
+            assert_eq!(
+                live_tasks_settled(0).await,
+                0,
+                "{ending}: the standby runner outlived the shutdown"
+            );
+            drop(clone);
+        } else {
+            // One handle gone, one left: the standby stays.
+            drop(clone);
+            assert_eq!(live_tasks_settled(0).await, 1, "{ending}: left too early");
+        }
+        drop(bg);
+        assert_eq!(
+            live_tasks_settled(0).await,
+            0,
+            "{ending}: the standby runner is still alive"
+        );
+    }
 }
 
 /// Spawns a `cleanup` task on its pool when dropped.
