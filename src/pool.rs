@@ -1512,6 +1512,8 @@ impl BackgroundTx {
 
     /// Waits until the queue is empty and nothing runs. Handy in tests and
     /// before a planned pause; it does not stop new tasks from arriving.
+    /// The pool's standby runner, parked until the next `spawn`, does not
+    /// count as running.
     ///
     /// # Cancel safety
     ///
