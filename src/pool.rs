@@ -1333,7 +1333,9 @@ struct Finished {
 /// past that a task is dropped and counted (never silently: see
 /// [`snapshot`](Self::snapshot), the `bg.task.dropped` metric and the drop
 /// span). Dropping every handle does not stop the pool: call
-/// [`shutdown`](Self::shutdown) to drain it.
+/// [`shutdown`](Self::shutdown) to drain it. An idle pool keeps one runner
+/// task parked for the next `spawn`; it leaves at `shutdown` or with the
+/// last handle.
 ///
 /// Compared with `tokio::spawn`, the pool bounds memory and concurrency and
 /// makes every task visible; compared with the seed's channel-and-semaphore
