@@ -138,9 +138,10 @@ fn spawn_cost(c: &mut Criterion) {
 }
 
 /// One call at a time, each task finished before the next call, in two
-/// groups. `spawn_cost_idle`: bg-queue's pool is also idle, its runners gone,
-/// as in a request handler that spawns on a quiet service (bg-queue starts a
-/// runner task; the seed wakes its drainer). `spawn_cost_warm`: the call
+/// groups. `spawn_cost_idle`: bg-queue's pool is also idle (`idle()`
+/// returned: one runner parked as its standby, the others gone), as in a
+/// request handler that spawns on a quiet service (bg-queue wakes its
+/// standby runner; the seed wakes its drainer). `spawn_cost_warm`: the call
 /// comes right after the task ended, while its runner may still linger.
 fn spawn_cost_idle(c: &mut Criterion) {
     spawn_cost_group(c, "spawn_cost_idle", 1, true);
