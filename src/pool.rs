@@ -30,10 +30,10 @@
 //! yet, its exit check above sees the admission and it stays.
 //!
 //! When the pool has no standby yet, a runner that still finds nothing does
-//! not leave either: it parks as the pool's *standby*, still counted, with the word's [`PARKED`] bit set, and
-//! the next `spawn` on the idle pool clears the bit and wakes it rather
-//! than starting a runner task (a task allocation, which on a quiet service
-//! is most of a `spawn`'s cost). The same argument holds: the runner sets
+//! not leave either: it parks as the pool's *standby*, still counted, with
+//! the runner word's [`PARKED`] bit set, and the next `spawn` on the idle
+//! pool clears the bit and wakes it rather than starting a runner task (a
+//! task allocation, which on a quiet service is most of a `spawn`'s cost). The same argument holds: the runner sets
 //! the bit then reads the admission word, so either `spawn` sees the bit or
 //! the runner sees the task. A pool keeps at most one standby, and it
 //! leaves at `shutdown` or when the last [`BackgroundTx`] is dropped.
@@ -763,18 +763,17 @@ impl Pool {
         error
     }
 
-    /// Starts a runner if fewer than `parallelism` exist and the lingering
-    /// ones are too few for the `admitted` tasks waiting (accepted, not yet
-    /// running, as the caller saw them after its own admission). Called
-    /// after a task was sent; pairs with the exit check in [`run_loop`].
+    /// Makes sure a runner will take the `admitted` tasks waiting (accepted,
+    /// not yet running, as the caller saw them after its own admission).
+    /// Called after a task was sent; pairs with the exit check in
+    /// [`run_loop`] and with [`park`].
     ///
-    /// A lingering runner looks at the queue again before it leaves, so a
-    /// `spawn` right after a task ends (a request handler's next call) does
-    /// not pay for a runner task that would find nothing to do.
-    ///
-    /// Enough runners linger: nothing to do. Otherwise the standby runner,
-    /// if one is parked, is woken (no new task); failing that, a runner is
-    /// started if fewer than `parallelism` exist.
+    /// If at least `admitted` runners linger, nothing: each looks at the
+    /// queue again before it leaves, so a `spawn` right after a task ends
+    /// (a request handler's next call) does not pay for a runner task that
+    /// would find nothing to do. Otherwise the standby runner, if one is
+    /// parked, is woken (no new task); failing that, a runner is started if
+    /// fewer than `parallelism` exist.
     fn ensure_runner(self: &Arc<Self>, admitted: u64) {
         let limit = self.runner_limit();
         let mut word = self.runners.load(Ordering::SeqCst);
