@@ -776,35 +776,25 @@ impl Pool {
     /// fewer than `parallelism` exist.
     fn ensure_runner(self: &Arc<Self>, admitted: u64) {
         let limit = self.runner_limit();
-        let mut word = self.runners.load(Ordering::SeqCst);
-        loop {
-            let (next, wake) = if word / LINGERING >= admitted {
-                return;
-            } else if word & PARKED != 0 {
-                (word & !PARKED, true)
-            } else if word & RUNNERS_MASK < limit {
-                (word + RUNNER, false)
-            } else {
-                return;
-            };
-            match self
-                .runners
-                .compare_exchange_weak(word, next, Ordering::SeqCst, Ordering::SeqCst)
-            {
-                Ok(_) if wake => {
-                    if self.parallelism == 1 {
-                        // Like a new runner: the nudge moves it if it waits.
-                        self.nudge_due.store(true, Ordering::Relaxed);
-                    }
-                    self.standby.notify_one();
-                    return;
+        let updated = self
+            .runners
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |word| {
+                if word / LINGERING >= admitted {
+                    None
+                } else if word & PARKED != 0 {
+                    Some(word & !PARKED)
+                } else {
+                    (word & RUNNERS_MASK < limit).then_some(word + RUNNER)
                 }
-                Ok(_) => {
-                    self.start_runner();
-                    return;
-                }
-                Err(actual) => word = actual,
+            });
+        match updated {
+            Ok(previous) if previous & PARKED != 0 => {
+                // Like a new runner: the nudge moves it if it waits.
+                self.arm_nudge();
+                self.standby.notify_one();
             }
+            Ok(_) => self.start_runner(),
+            Err(_) => {}
         }
     }
 
@@ -844,19 +834,27 @@ impl Pool {
     /// counted; whether it did (then it stays).
     fn claim_runner_slot(&self) -> bool {
         let limit = self.runner_limit();
-        let mut word = self.runners.load(Ordering::SeqCst);
-        while word & RUNNERS_MASK < limit {
-            match self.runners.compare_exchange_weak(
-                word,
-                word + RUNNER,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) => return true,
-                Err(actual) => word = actual,
-            }
+        self.runners
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |word| {
+                (word & RUNNERS_MASK < limit).then_some(word + RUNNER)
+            })
+            .is_ok()
+    }
+
+    /// With `parallelism` 1, before a runner is spawned or woken: `spawn`
+    /// nudges it if [`NUDGE_AT`] tasks wait before its first poll.
+    fn arm_nudge(&self) {
+        if self.parallelism == 1 {
+            self.nudge_due.store(true, Ordering::Relaxed);
         }
-        false
+    }
+
+    /// Called by a runner when it is polled after a spawn or a wake: no
+    /// nudge is due any more.
+    fn disarm_nudge(&self) {
+        if self.parallelism == 1 {
+            self.nudge_due.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Pushes a runner that has waited for its first poll while [`NUDGE_AT`]
@@ -903,10 +901,8 @@ impl Pool {
             parked: false,
             finished: false,
         };
-        if self.parallelism == 1 {
-            // Before the spawn: the runner's first poll resets it.
-            self.nudge_due.store(true, Ordering::Relaxed);
-        }
+        // Before the spawn: the runner's first poll disarms it.
+        self.arm_nudge();
         let handle = runtime.spawn(ContainPanic {
             pool: Arc::clone(&self.name),
             runner: Box::pin(run_loop(guard)),
@@ -1140,9 +1136,7 @@ enum Next {
 
 async fn run_loop(mut guard: RunnerGuard) {
     let pool = Arc::clone(&guard.pool);
-    if pool.parallelism == 1 {
-        pool.nudge_due.store(false, Ordering::Relaxed);
-    }
+    pool.disarm_nudge();
     // Whether this runner already yielded once on an empty queue.
     let mut lingered = false;
     loop {
@@ -1281,23 +1275,16 @@ async fn run_loop(mut guard: RunnerGuard) {
 /// handle count. Either `spawn` sees the bit and wakes it, or the runner
 /// sees the task (or the close, or the last handle's drop) and stays awake.
 async fn park(pool: &Arc<Pool>, guard: &mut RunnerGuard) -> bool {
-    let mut word = pool.runners.load(Ordering::SeqCst);
-    loop {
-        if word & PARKED != 0
-            || pool.admission.load(Ordering::SeqCst) & CLOSED != 0
-            || pool.handles.load(Ordering::SeqCst) == 0
-        {
-            return false;
-        }
-        match pool.runners.compare_exchange_weak(
-            word,
-            word | PARKED,
-            Ordering::SeqCst,
-            Ordering::SeqCst,
-        ) {
-            Ok(_) => break,
-            Err(actual) => word = actual,
-        }
+    let claimed = pool
+        .runners
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |word| {
+            let may_park = word & PARKED == 0
+                && pool.admission.load(Ordering::SeqCst) & CLOSED == 0
+                && pool.handles.load(Ordering::SeqCst) != 0;
+            may_park.then_some(word | PARKED)
+        });
+    if claimed.is_err() {
+        return false;
     }
     guard.parked = true;
     pool.set_parked(guard.id, true);
@@ -1309,9 +1296,7 @@ async fn park(pool: &Arc<Pool>, guard: &mut RunnerGuard) -> bool {
     }
     guard.parked = false;
     pool.set_parked(guard.id, false);
-    if pool.parallelism == 1 {
-        pool.nudge_due.store(false, Ordering::Relaxed);
-    }
+    pool.disarm_nudge();
     true
 }
 
