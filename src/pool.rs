@@ -33,10 +33,11 @@
 //! not leave either: it parks as the pool's *standby*, still counted, with
 //! the runner word's [`PARKED`] bit set, and the next `spawn` on the idle
 //! pool clears the bit and wakes it rather than starting a runner task (a
-//! task allocation, which on a quiet service is most of a `spawn`'s cost). The same argument holds: the runner sets
-//! the bit then reads the admission word, so either `spawn` sees the bit or
-//! the runner sees the task. A pool keeps at most one standby, and it
-//! leaves at `shutdown` or when the last [`BackgroundTx`] is dropped.
+//! task allocation, which on a quiet service is most of a `spawn`'s cost).
+//! The same argument holds: the runner sets the bit then reads the
+//! admission word, so either `spawn` sees the bit or the runner sees the
+//! task. A pool keeps at most one standby, and it leaves at `shutdown` or
+//! when the last [`BackgroundTx`] is dropped.
 //!
 //! Runners are ordinary tokio tasks, so a producer that submits in a loop
 //! without yielding cannot hide them the way it hid the seed's single

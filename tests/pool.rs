@@ -460,10 +460,11 @@ async fn several_named_pools_coexist() {
 /// `spawn` admits without the lock, and a runner leaves (or parks as the
 /// pool's standby) when the queue is empty: the two race whenever a task
 /// arrives as the last one finishes, which is where a lost wakeup would
-/// strand a task (admitted, but no runner coming). In each round, three threads submit one task each after
-/// a delay that sweeps across the runner's exit, at parallelism 1, and the
-/// round waits until all three ran: nothing later can rescue a stranded
-/// task. The timeout only turns a stranded task into a failure, not a hang.
+/// strand a task (admitted, but no runner coming). In each round, three
+/// threads submit one task each after a delay that sweeps across the
+/// runner's exit, at parallelism 1, and the round waits until all three
+/// ran: nothing later can rescue a stranded task. The timeout only turns a
+/// stranded task into a failure, not a hang.
 #[test]
 fn a_task_spawned_while_the_last_runner_leaves_still_runs() {
     const ROUNDS: usize = 3_000;
