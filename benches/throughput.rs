@@ -143,9 +143,13 @@ fn spawn_cost(c: &mut Criterion) {
 /// request handler that spawns on a quiet service (bg-queue wakes its
 /// standby runner; the seed wakes its drainer). `spawn_cost_warm`: the call
 /// comes right after the task ended, while its runner may still linger.
+/// And `spawn_cost_pair`: two calls in a row on an idle pool, as the demo's
+/// webhook handler makes (a receipt email and a mailing-list subscription);
+/// the time is per call.
 fn spawn_cost_idle(c: &mut Criterion) {
     spawn_cost_group(c, "spawn_cost_idle", 1, true);
     spawn_cost_group(c, "spawn_cost_warm", 1, false);
+    spawn_cost_group(c, "spawn_cost_pair", 2, true);
 }
 
 fn spawn_cost_group(c: &mut Criterion, name: &str, burst: u64, settle: bool) {

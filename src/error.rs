@@ -29,6 +29,16 @@ pub enum BuildError {
         /// The largest capacity accepted.
         max: usize,
     },
+    /// `parallelism` above [`MAX_PARALLELISM`](crate::MAX_PARALLELISM).
+    #[error("bg-queue pool `{pool}`: parallelism {parallelism} is above the maximum {max}")]
+    ParallelismTooLarge {
+        /// The pool's name.
+        pool: String,
+        /// The parallelism asked for.
+        parallelism: usize,
+        /// The largest parallelism accepted.
+        max: usize,
+    },
     /// `timeout(Duration::ZERO)`: every task would time out at once.
     #[error("bg-queue pool `{pool}`: the per-task timeout must be longer than zero")]
     ZeroTimeout {

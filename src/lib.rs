@@ -75,7 +75,7 @@ pub use error::{BuildError, DropReason, SpawnError};
 pub use histogram::Percentiles;
 pub use pool::{
     spawn_pool, BackgroundTx, Builder, DEFAULT_CAPACITY, DEFAULT_PARALLELISM, DEFAULT_POOL_NAME,
-    MAX_CAPACITY,
+    MAX_CAPACITY, MAX_PARALLELISM,
 };
 pub use report::ShutdownReport;
 pub use stats::{DroppedByReason, DroppedTask, PoolSnapshot, SlowTask, TaskSnapshot};

@@ -5,8 +5,8 @@
 //! `spawn` never takes the pool's lock when it accepts a task: it claims a
 //! place with one compare-and-swap on the *admission* word (the number of
 //! accepted tasks not yet running, plus a "closed" bit), sends the task into
-//! a lock-free inbox, and starts a runner if fewer than `parallelism` exist.
-//! So a burst of `spawn` calls does not contend with the runners.
+//! a lock-free inbox, and makes sure a runner will take it (below). So a
+//! burst of `spawn` calls does not contend with the runners.
 //!
 //! Everything else lives under one mutex: the FIFO queue, the per-task
 //! counters, the runner registry. Whoever takes the lock first moves what
@@ -16,40 +16,55 @@
 //! it. Capacity is exact too: the admission word never exceeds `capacity`.
 //!
 //! No wakeup can be lost (the failure of a separate semaphore plus channel):
-//! a producer increments the admission word *then* reads the runner count; a
+//! a producer increments the admission word *then* reads the runner word; a
 //! runner about to exit decrements the runner count *then* reads the
 //! admission word. Both are sequentially consistent, so at least one of them
 //! sees the other: either the producer starts a runner or the runner stays.
+//! Every rule below by which `spawn` starts no runner relies on runners that
+//! are counted, so each of them makes that exit check before it leaves:
+//! the rules decide how soon a task starts, never whether it does.
 //!
 //! A runner that finds the queue empty does not leave at once: it
 //! *lingers*, counted as such in the runner word, yields once, steps out of
 //! that count and looks again. A producer that sees at least as many
 //! lingering runners as tasks waiting starts none (a runner task is most of
-//! the cost of a `spawn` on a quiet pool): each of those runners looks at
-//! the queue after the producer's admission, and if it finds nothing there
-//! yet, its exit check above sees the admission and it stays.
+//! the cost of a `spawn` on a quiet pool).
 //!
 //! When the pool has no standby yet, a runner that still finds nothing does
 //! not leave either: it parks as the pool's *standby*, still counted, with
 //! the runner word's [`PARKED`] bit set, and the next `spawn` on the idle
-//! pool clears the bit and wakes it rather than starting a runner task (a
-//! task allocation, which on a quiet service is most of a `spawn`'s cost).
-//! The same argument holds: the runner sets the bit then reads the
-//! admission word, so either `spawn` sees the bit or the runner sees the
-//! task. A pool keeps at most one standby, and it leaves at `shutdown` or
-//! when the last [`BackgroundTx`] is dropped.
+//! pool clears the bit and wakes it rather than starting a runner task. The
+//! same argument holds: the runner sets the bit then reads the admission
+//! word, so either `spawn` sees the bit or the runner sees the task. The
+//! [`STANDBY`] bit keeps the place taken until the woken runner runs, so a
+//! pool has at most one standby, and it leaves at `shutdown` or when the
+//! last [`BackgroundTx`] is dropped.
+//!
+//! **One runner per caller's burst.** A runner that `spawn` wakes or starts
+//! is *pending* until its first poll (counted in the runner word), and the
+//! pool notes which thread launched it. Tokio puts it in that thread's LIFO
+//! slot, so it runs as soon as the caller yields; until then the same
+//! thread's later calls launch none. When it takes its first task, the
+//! runner starts (or wakes) runners for every task still waiting, up to
+//! `parallelism`: so a handler that spawns five tasks pays for one wake-up,
+//! not for five runner tasks, and the five still run at once. Calls from
+//! other threads do not rely on that runner (its thread may hold its worker
+//! for long) and launch their own as before. A runner started by a runner
+//! lands in the starter's LIFO slot, behind the task the starter is about to
+//! run, which may hold the worker: so the starter then spawns an empty
+//! task, which pushes it out to the run queue, where another worker takes
+//! it.
 //!
 //! Runners are ordinary tokio tasks, so a producer that submits in a loop
 //! without yielding cannot hide them the way it hid the seed's single
-//! drainer. Tokio puts a task spawned on a worker in that worker's LIFO
-//! slot, which no other worker can steal from, but each runner start pushes
-//! the previous newest runner out of it, where another worker takes it.
-//! With `parallelism` 1 there is no next runner to do that, so once
-//! [`NUDGE_AT`] tasks wait and the runner has still not started, `spawn`
-//! spawns an empty task once, which does the pushing. What it cannot free
-//! is a runner that was lingering on the producer's worker when the loop
-//! began: a yielded task waits until that worker is free (README, "What it
-//! promises").
+//! drainer, but its pending runner does wait in its LIFO slot. Once that
+//! has lasted [`STALL_AFTER`], or three quarters of the queue is full, its
+//! `spawn` launches another runner, which takes the slot and pushes the
+//! pending one out to where another worker takes it (with every runner
+//! started, an empty task does the pushing). What it cannot free is a
+//! runner that was lingering on the producer's worker when the loop began,
+//! with `parallelism` 1: a yielded task waits until its worker is free
+//! (README, "What it promises").
 //!
 //! The lock is held for a few hundred nanoseconds at most: no await, no
 //! allocation except queue growth, no logging and no span work under it. A
@@ -58,7 +73,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -97,19 +112,68 @@ const ABORT_SETTLE: Duration = Duration::from_secs(1);
 const CLOSED: u64 = 1 << 63;
 /// One runner in the runner word (its low 31 bits count runners).
 const RUNNER: u64 = 1;
-/// The runner word's "standby" bit: one runner is parked, still counted,
-/// waiting for `spawn` to wake it (see the module docs).
+/// The runner word's "standby" bit: one runner holds the standby place,
+/// from the moment it parks until it is polled again after its wake-up (or
+/// dropped). So at most one runner is ever in [`park`], and [`PARKED`]
+/// always belongs to it.
+const STANDBY: u64 = 1 << 30;
+/// The runner word's "parked" bit: the standby runner is parked, still
+/// counted, waiting for `spawn` to wake it (see the module docs). Whoever
+/// clears it counts the standby [`PENDING`] and owes it one wake-up.
 const PARKED: u64 = 1 << 31;
-/// One lingering runner in the runner word (its high half counts runners
-/// that found the queue empty and yielded once before leaving).
+/// One lingering runner in the runner word (bits 32-47 count runners that
+/// found the queue empty and yielded once before looking again).
 const LINGERING: u64 = 1 << 32;
+/// One pending runner in the runner word (bits 48-63 count runners started
+/// or woken and not polled since: each will look at the queue when its
+/// worker gets to it).
+const PENDING: u64 = 1 << 48;
 /// The runner word's runner count.
-const RUNNERS_MASK: u64 = PARKED - 1;
-/// With `parallelism` 1: how many tasks may wait for a runner that has not
-/// started before `spawn` moves it where another worker can take it (see
-/// the module docs). A request handler never gets there; a loop that
-/// submits a batch without yielding does, once per runner.
-const NUDGE_AT: u64 = 32;
+const RUNNERS_MASK: u64 = STANDBY - 1;
+/// Largest accepted parallelism: the runner word counts lingering and
+/// pending runners in 16 bits each.
+pub const MAX_PARALLELISM: usize = 0xFFFF;
+/// How long a producer's `spawn` calls rely on the runner it started or woke
+/// last while that runner is still pending: after this, `spawn` starts
+/// another (see [`Pool::check_stall`]). A producer that has not yielded for
+/// this long is far past tokio's budget between awaits (10-100 us).
+const STALL_AFTER: Duration = Duration::from_millis(1);
+/// `spawn` checks [`STALL_AFTER`] only when a multiple of this many tasks
+/// wait, which keeps the clock arithmetic off most calls in a burst.
+const STALL_CHECK_EVERY: u64 = 16;
+
+/// Lingering runners counted in a runner word.
+fn lingering(word: u64) -> u64 {
+    (word / LINGERING) & 0xFFFF
+}
+
+/// Pending runners counted in a runner word.
+fn pending(word: u64) -> u64 {
+    word / PENDING
+}
+
+/// The runner word after claiming a runner for waiting tasks, counted
+/// pending: the parked standby if there is one, else a new runner if fewer
+/// than `limit` exist; `None` if neither.
+fn claim_runner(word: u64, limit: u64) -> Option<u64> {
+    if word & PARKED != 0 {
+        Some((word & !PARKED) + PENDING)
+    } else {
+        (word & RUNNERS_MASK < limit).then_some(word + RUNNER + PENDING)
+    }
+}
+
+thread_local! {
+    /// Its address identifies the thread (see [`thread_token`]).
+    static THREAD_TOKEN: u8 = const { 0 };
+}
+
+/// A number that differs between live threads: the address of a
+/// thread-local. A thread that exits may pass its number on to a new one,
+/// which only costs that thread one runner start (see `pending_owner`).
+fn thread_token() -> usize {
+    THREAD_TOKEN.with(|token| std::ptr::from_ref(token) as usize)
+}
 
 /// Builds a pool. Every setting has a default; see each method.
 ///
@@ -185,7 +249,8 @@ impl Builder {
         self
     }
 
-    /// Most tasks running at once. Defaults to 8.
+    /// Most tasks running at once, at most [`MAX_PARALLELISM`]. Defaults
+    /// to 8.
     pub fn parallelism(mut self, parallelism: usize) -> Self {
         self.parallelism = parallelism;
         self
@@ -255,6 +320,13 @@ impl Builder {
         if self.parallelism == 0 {
             return Err(BuildError::ZeroParallelism { pool });
         }
+        if self.parallelism > MAX_PARALLELISM {
+            return Err(BuildError::ParallelismTooLarge {
+                pool,
+                parallelism: self.parallelism,
+                max: MAX_PARALLELISM,
+            });
+        }
         if self.timeout == Some(Duration::ZERO) {
             return Err(BuildError::ZeroTimeout { pool });
         }
@@ -266,7 +338,8 @@ impl Builder {
     /// # Errors
     ///
     /// A [`BuildError`] naming the pool and the setting: zero capacity or
-    /// parallelism, capacity above [`MAX_CAPACITY`], a zero timeout, or no
+    /// parallelism, capacity above [`MAX_CAPACITY`] or parallelism above
+    /// [`MAX_PARALLELISM`], a zero timeout, or no
     /// runtime (outside one, with none given).
     pub fn build(mut self) -> Result<BackgroundTx, BuildError> {
         self.validate()?;
@@ -322,7 +395,10 @@ impl Builder {
             inbox: inbox_tx,
             admission: AtomicU64::new(if runtime.is_some() { 0 } else { CLOSED }),
             runners: AtomicU64::new(0),
-            nudge_due: AtomicBool::new(false),
+            pending_owner: AtomicUsize::new(0),
+            pending_since: AtomicU64::new(0),
+            stall_depth: (self.capacity - self.capacity / 4).max(2) as u64,
+            epoch: now,
             standby: Notify::new(),
             handles: AtomicUsize::new(1),
             runtime,
@@ -548,9 +624,21 @@ pub(crate) struct Pool {
     /// registry in `state.runners`, so the registry may briefly list one
     /// more.
     runners: AtomicU64,
-    /// With `parallelism` 1: the runner spawned last has not been polled
-    /// yet, and `spawn` has not nudged it (see [`Pool::nudge_runner`]).
-    nudge_due: AtomicBool,
+    /// The thread (see [`thread_token`]) whose `spawn` started or woke a
+    /// runner last. Until that runner is polled, the same thread's later
+    /// calls start none: tokio put the runner in that thread's LIFO slot,
+    /// so it runs as soon as the caller yields, and it starts runners for
+    /// whatever waits then. Calls from other threads do not rely on it.
+    pending_owner: AtomicUsize,
+    /// When `pending_owner` last started or woke a runner (or `spawn` last
+    /// acted on a stall): nanoseconds since `epoch`.
+    pending_since: AtomicU64,
+    /// The depth at which `spawn` stops waiting for [`STALL_AFTER`] and
+    /// treats its pending runner as stuck: three quarters of `capacity`, so
+    /// that a producer that never yields does not fill the queue first.
+    stall_depth: u64,
+    /// The pool's build instant, the origin of `pending_since`.
+    epoch: Instant,
     /// Wakes the standby runner (one wake per clearing of [`PARKED`]).
     standby: Notify,
     /// Live [`BackgroundTx`] handles: when the last one goes, nothing can
@@ -711,10 +799,7 @@ impl Pool {
         // The receiver lives as long as the pool (it is in `state`), and the
         // pool outlives this call: the send cannot fail.
         let _ = self.inbox.send(envelope);
-        self.ensure_runner(admitted);
-        if self.parallelism == 1 && admitted >= NUDGE_AT {
-            self.nudge_runner();
-        }
+        self.ensure_runner(admitted, now);
         Ok(())
     }
 
@@ -765,44 +850,130 @@ impl Pool {
     }
 
     /// Makes sure a runner will take the `admitted` tasks waiting (accepted,
-    /// not yet running, as the caller saw them after its own admission).
-    /// Called after a task was sent; pairs with the exit check in
+    /// not yet running, as `spawn` saw them after its own admission, at
+    /// `now`). Called after a task was sent; pairs with the exit check in
     /// [`run_loop`] and with [`park`].
     ///
-    /// If at least `admitted` runners linger, nothing: each looks at the
+    /// Nothing, if at least `admitted` runners linger (each looks at the
     /// queue again before it leaves, so a `spawn` right after a task ends
-    /// (a request handler's next call) does not pay for a runner task that
-    /// would find nothing to do. Otherwise the standby runner, if one is
-    /// parked, is woken (no new task); failing that, a runner is started if
-    /// fewer than `parallelism` exist.
-    fn ensure_runner(self: &Arc<Self>, admitted: u64) {
+    /// does not pay for a runner task that would find nothing to do), or if
+    /// this thread started or woke a runner that is still pending (it runs
+    /// when this caller yields, and starts runners for the rest: a handler
+    /// that spawns several tasks pays for one wake-up, not one runner task
+    /// each). Otherwise the standby runner, if one is parked, is woken (no
+    /// new task); failing that, a runner is started if fewer than
+    /// `parallelism` exist.
+    fn ensure_runner(self: &Arc<Self>, admitted: u64, now: Instant) {
+        let thread = thread_token();
+        let mine = self.pending_owner.load(Ordering::Relaxed) == thread;
         let limit = self.runner_limit();
         let updated = self
             .runners
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |word| {
-                if word / LINGERING >= admitted {
+                if lingering(word) >= admitted || (mine && pending(word) > 0) {
                     None
-                } else if word & PARKED != 0 {
-                    Some(word & !PARKED)
                 } else {
-                    (word & RUNNERS_MASK < limit).then_some(word + RUNNER)
+                    claim_runner(word, limit)
                 }
             });
         match updated {
-            Ok(previous) if previous & PARKED != 0 => {
-                // Like a new runner: the nudge moves it if it waits.
-                self.arm_nudge();
-                self.standby.notify_one();
+            Ok(previous) => {
+                self.note_pending(thread, now);
+                self.launch(previous);
             }
-            Ok(_) => self.start_runner(),
+            // Left to this thread's pending runner (not to lingering ones,
+            // and not because every runner is busy).
+            Err(word) if mine && pending(word) > 0 && lingering(word) < admitted => {
+                self.check_stall(admitted, now, thread);
+            }
             Err(_) => {}
         }
     }
 
-    /// Clears the standby bit; whether this call did (it then owes the
-    /// standby runner one wake-up).
+    /// Wakes the standby runner or starts one, as `claim_runner` claimed
+    /// in the runner word that was `previous`.
+    fn launch(self: &Arc<Self>, previous: u64) {
+        if previous & PARKED != 0 {
+            self.standby.notify_one();
+        } else {
+            self.start_runner();
+        }
+    }
+
+    /// Records that `thread` started or woke a runner at `now`.
+    fn note_pending(&self, thread: usize, now: Instant) {
+        self.pending_owner.store(thread, Ordering::Relaxed);
+        self.pending_since
+            .store(self.nanos_since_build(now), Ordering::Relaxed);
+    }
+
+    /// Called by a runner that took a task while `waiting` more wait: starts
+    /// (or wakes) runners for them, up to `parallelism`, before that task
+    /// runs (it may run long). Runners that linger or are pending count.
+    fn fan_out(self: &Arc<Self>, waiting: u64) {
+        let limit = self.runner_limit();
+        let mut launched = false;
+        while let Ok(previous) =
+            self.runners
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |word| {
+                    if lingering(word) + pending(word) >= waiting {
+                        None
+                    } else {
+                        claim_runner(word, limit)
+                    }
+                })
+        {
+            self.launch(previous);
+            launched = true;
+        }
+        if launched {
+            // The runner launched last sits in this worker's LIFO slot, behind
+            // the task this runner is about to run, which may hold the worker
+            // for long; no other worker can take it from there. An empty task
+            // pushes it out to the run queue, and wakes a parked worker.
+            self.spawn_empty();
+        }
+    }
+
+    /// Spawns an empty task on the pool's runtime: from a worker thread, it
+    /// takes that worker's LIFO slot, whose task goes to the run queue where
+    /// other workers take it.
+    fn spawn_empty(&self) {
+        if let Some(runtime) = &self.runtime {
+            drop(runtime.spawn(async {}));
+        }
+    }
+
+    /// Clears the standby bit and counts the standby runner pending;
+    /// whether this call did (it then owes the standby runner one wake-up,
+    /// unless the runner cleared the bit itself).
     fn clear_standby(&self) -> bool {
-        self.runners.fetch_and(!PARKED, Ordering::SeqCst) & PARKED != 0
+        self.runners
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |word| {
+                (word & PARKED != 0).then_some((word & !PARKED) + PENDING)
+            })
+            .is_ok()
+    }
+
+    /// Called by the standby runner once it runs again (or is dropped):
+    /// gives the standby place up and clears [`PARKED`] if nobody did, or
+    /// else steps out of the pending count its waker put it in.
+    ///
+    /// A wake-up can come without the bit cleared: a permit left by a wake
+    /// whose runner was dropped (only once the pool is closed), or the
+    /// runner cleared it itself because a task arrived as it parked (then a
+    /// racing waker's permit is left over). Either way the runner just looks
+    /// at the queue again.
+    fn leave_standby(&self) {
+        let _ = self
+            .runners
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |word| {
+                Some(if word & PARKED != 0 {
+                    word & !(PARKED | STANDBY)
+                } else {
+                    (word & !STANDBY) - PENDING
+                })
+            });
     }
 
     /// Wakes the standby runner, if one is parked, so that it leaves: the
@@ -826,9 +997,10 @@ impl Pool {
         }
     }
 
-    /// The most runners the runner word may count: `parallelism`.
+    /// The most runners the runner word may count: `parallelism` (at most
+    /// [`MAX_PARALLELISM`], which the word's counts have room for).
     fn runner_limit(&self) -> u64 {
-        self.parallelism.min(RUNNERS_MASK as usize) as u64
+        self.parallelism as u64
     }
 
     /// Counts an exiting runner back in if fewer than `parallelism` are
@@ -842,32 +1014,41 @@ impl Pool {
             .is_ok()
     }
 
-    /// With `parallelism` 1, before a runner is spawned or woken: `spawn`
-    /// nudges it if [`NUDGE_AT`] tasks wait before its first poll.
-    fn arm_nudge(&self) {
-        if self.parallelism == 1 {
-            self.nudge_due.store(true, Ordering::Relaxed);
-        }
+    /// Nanoseconds from the pool's build to `now`.
+    fn nanos_since_build(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Called by a runner when it is polled after a spawn or a wake: no
-    /// nudge is due any more.
-    fn disarm_nudge(&self) {
-        if self.parallelism == 1 {
-            self.nudge_due.store(false, Ordering::Relaxed);
-        }
-    }
-
-    /// Pushes a runner that has waited for its first poll while [`NUDGE_AT`]
-    /// tasks queued out of this worker's LIFO slot, once, by spawning an
-    /// empty task: the runner goes to the worker's run queue, and a parked
-    /// worker is woken to take it.
-    fn nudge_runner(&self) {
-        // Read first: on this path the flag is almost always clear.
-        if self.nudge_due.load(Ordering::Relaxed) && self.nudge_due.swap(false, Ordering::Relaxed) {
-            if let Some(runtime) = &self.runtime {
-                drop(runtime.spawn(async {}));
+    /// Called by `spawn` when it started no runner because its thread's
+    /// last runner is still pending. That runner waits in this worker's
+    /// LIFO slot, where no other worker can take it, until this caller
+    /// yields; a producer that never yields would keep it there. So once
+    /// that has lasted [`STALL_AFTER`] (checked when a multiple of
+    /// [`STALL_CHECK_EVERY`] tasks wait), or the queue reaches
+    /// `stall_depth`, this starts another runner (or wakes the standby),
+    /// which takes the slot and pushes the pending one out to where another
+    /// worker takes it. With every runner started, an empty task does the
+    /// pushing.
+    fn check_stall(self: &Arc<Self>, admitted: u64, now: Instant, thread: usize) {
+        if admitted != self.stall_depth {
+            if admitted % STALL_CHECK_EVERY != 0 {
+                return;
             }
+            let since = self.pending_since.load(Ordering::Relaxed);
+            let waited = self.nanos_since_build(now).saturating_sub(since);
+            if u128::from(waited) < STALL_AFTER.as_nanos() {
+                return;
+            }
+        }
+        self.note_pending(thread, now);
+        let limit = self.runner_limit();
+        match self
+            .runners
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |word| {
+                claim_runner(word, limit)
+            }) {
+            Ok(previous) => self.launch(previous),
+            Err(_) => self.spawn_empty(),
         }
     }
 
@@ -898,12 +1079,12 @@ impl Pool {
             current: None,
             pending: None,
             counted: true,
+            // Counted pending by whoever launched it, until its first poll.
+            unpolled: true,
             lingering: false,
             parked: false,
             finished: false,
         };
-        // Before the spawn: the runner's first poll disarms it.
-        self.arm_nudge();
         let handle = runtime.spawn(ContainPanic {
             pool: Arc::clone(&self.name),
             runner: Box::pin(run_loop(guard)),
@@ -980,7 +1161,9 @@ struct RunnerGuard {
     pending: Option<Finished>,
     /// Whether this runner is counted in `runners`.
     counted: bool,
-    /// Whether this runner is counted as lingering there.
+    /// Whether this runner is counted pending there (not polled yet).
+    unpolled: bool,
+    /// Whether this runner is counted lingering there.
     lingering: bool,
     /// Whether this runner set the standby bit and has not been woken.
     parked: bool,
@@ -1043,13 +1226,16 @@ impl Drop for RunnerGuard {
         let panicking = std::thread::panicking() && POLLING_RUNNER.with(std::cell::Cell::get);
         let pool = Arc::clone(&self.pool);
         let current = self.current.take();
+        if self.unpolled {
+            pool.runners.fetch_sub(PENDING, Ordering::SeqCst);
+        }
         if self.lingering {
             pool.runners.fetch_sub(LINGERING, Ordering::SeqCst);
         }
         if self.parked {
             // Nobody may wake a runner that is gone (a wake already sent
             // leaves a permit that the next standby takes as spurious).
-            pool.clear_standby();
+            pool.leave_standby();
         }
         if self.counted {
             pool.runners.fetch_sub(RUNNER, Ordering::SeqCst);
@@ -1091,7 +1277,7 @@ impl Drop for RunnerGuard {
             let admitted = pool.admitted();
             if admitted > 0 {
                 // Another runner takes over whatever is waiting.
-                pool.ensure_runner(admitted);
+                pool.fan_out(admitted);
             }
         }
         pool.idle.notify_waiters();
@@ -1130,14 +1316,17 @@ pub(crate) fn format_counts(counts: &[(&'static str, u64)]) -> String {
 
 /// What a runner does next.
 enum Next {
-    Run(Envelope, Arc<TaskAttributes>, Instant),
+    /// Run this task; `u64` tasks still wait (admitted, not running).
+    Run(Envelope, Arc<TaskAttributes>, Instant, u64),
     Linger,
     Exit,
 }
 
 async fn run_loop(mut guard: RunnerGuard) {
     let pool = Arc::clone(&guard.pool);
-    pool.disarm_nudge();
+    // Counted pending since it was launched: it looks now.
+    pool.runners.fetch_sub(PENDING, Ordering::SeqCst);
+    guard.unpolled = false;
     // Whether this runner already yielded once on an empty queue.
     let mut lingered = false;
     loop {
@@ -1158,7 +1347,9 @@ async fn run_loop(mut guard: RunnerGuard) {
                 Some(envelope) => {
                     // Under the lock, with the pop: `admitted == queue
                     // length` is what `abandon_queued` waits for.
-                    pool.admission.fetch_sub(1, Ordering::SeqCst);
+                    // What it returns includes tasks admitted and still on
+                    // their way into the inbox, which the queue misses.
+                    let waiting = (pool.admission.fetch_sub(1, Ordering::SeqCst) & !CLOSED) - 1;
                     state.running += 1;
                     let depth = state.queue.len();
                     state.depth_history.record(depth, now);
@@ -1166,7 +1357,7 @@ async fn run_loop(mut guard: RunnerGuard) {
                     let (attrs, stats) = &mut state.tasks[index];
                     stats.queued -= 1;
                     stats.running += 1;
-                    Next::Run(envelope, Arc::clone(attrs), now)
+                    Next::Run(envelope, Arc::clone(attrs), now, waiting)
                 }
                 // Stay registered for one yield before leaving: a producer
                 // in the middle of a burst refills the queue right away, and
@@ -1177,7 +1368,14 @@ async fn run_loop(mut guard: RunnerGuard) {
             }
         };
         let (envelope, attrs, started) = match next {
-            Next::Run(envelope, attrs, started) => (envelope, attrs, started),
+            Next::Run(envelope, attrs, started, waiting) => {
+                // Before this task runs (it may run long): runners for the
+                // rest, started here rather than by the producer.
+                if waiting > 0 {
+                    pool.fan_out(waiting);
+                }
+                (envelope, attrs, started)
+            }
             Next::Linger => {
                 lingered = true;
                 // Counted as lingering while it yields: a `spawn` meanwhile
@@ -1279,10 +1477,10 @@ async fn park(pool: &Arc<Pool>, guard: &mut RunnerGuard) -> bool {
     let claimed = pool
         .runners
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |word| {
-            let may_park = word & PARKED == 0
+            let may_park = word & STANDBY == 0
                 && pool.admission.load(Ordering::SeqCst) & CLOSED == 0
                 && pool.handles.load(Ordering::SeqCst) != 0;
-            may_park.then_some(word | PARKED)
+            may_park.then_some(word | STANDBY | PARKED)
         });
     if claimed.is_err() {
         return false;
@@ -1291,13 +1489,12 @@ async fn park(pool: &Arc<Pool>, guard: &mut RunnerGuard) -> bool {
     pool.set_parked(guard.id, true);
     let wake_now =
         pool.admission.load(Ordering::SeqCst) != 0 || pool.handles.load(Ordering::SeqCst) == 0;
-    // If someone else cleared the bit first, its wake-up is on the way.
-    if !(wake_now && pool.clear_standby()) {
+    if !wake_now {
         pool.standby.notified().await;
     }
     guard.parked = false;
+    pool.leave_standby();
     pool.set_parked(guard.id, false);
-    pool.disarm_nudge();
     true
 }
 

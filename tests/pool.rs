@@ -101,7 +101,13 @@ async fn invalid_settings_are_typed_errors_naming_the_pool() {
             Builder::new("a")
                 .capacity(bg_queue::MAX_CAPACITY + 1)
                 .build(),
-            "above the maximum",
+            "capacity 16777217 is above the maximum 16777216",
+        ),
+        (
+            Builder::new("a")
+                .parallelism(bg_queue::MAX_PARALLELISM + 1)
+                .build(),
+            "parallelism 65536 is above the maximum 65535",
         ),
         (
             Builder::new("a").timeout(Duration::ZERO).build(),
@@ -602,6 +608,171 @@ async fn an_idle_pool_wakes_its_standby_runner_instead_of_starting_one() {
     let snapshot = bg.snapshot();
     assert_eq!(snapshot.completed, 40);
     assert!(snapshot.is_consistent());
+}
+
+/// A handler that spawns several tasks pays for one runner wake-up, not
+/// one runner task per call: its first `spawn` wakes the standby, and its
+/// later calls leave their tasks to that runner while it is pending (tokio
+/// runs it as soon as the handler yields). The runner then starts runners
+/// for the rest, so they all still run at once. Counted with the runtime's
+/// live tasks on one thread, where nothing runs until the handler yields.
+#[tokio::test(flavor = "current_thread")]
+async fn a_handlers_later_spawns_start_no_runner_and_all_still_run_at_once() {
+    let bg = Builder::new("handler").parallelism(8).build().unwrap();
+    bg.spawn("warm-up", async {});
+    bg.idle().await;
+    let metrics = tokio::runtime::Handle::current().metrics();
+    for round in 0..10 {
+        assert_eq!(live_tasks_settled(1).await, 1, "round {round}: no standby");
+        let gate = Gate::new();
+        let (started_tx, mut started_rx) = mpsc::unbounded_channel();
+        for call in 0..5 {
+            let gate = gate.clone();
+            let started_tx = started_tx.clone();
+            bg.spawn("email", async move {
+                let _ = started_tx.send(());
+                gate.wait().await;
+            });
+            assert_eq!(
+                metrics.num_alive_tasks(),
+                1,
+                "round {round}: call {call} started a runner task"
+            );
+        }
+        for _ in 0..5 {
+            started_rx.recv().await.expect("every task starts");
+        }
+        assert_eq!(bg.snapshot().running, 5, "round {round}: not all at once");
+        gate.open();
+        bg.idle().await;
+    }
+    let snapshot = bg.snapshot();
+    assert_eq!(snapshot.completed, 51);
+    assert!(snapshot.is_consistent());
+}
+
+/// Bursts of 512 from a task on a worker, back to back, each waited for:
+/// every task runs. Between bursts runners linger, park and leave while the next
+/// burst arrives, from both workers. (A standby place that two runners
+/// could take at once, one woken and not yet polled and one parking, let
+/// the first clear the second's bit: the second was never woken, its count
+/// stayed, and a later burst waited for it forever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_bursts_never_strand_a_task() {
+    tokio::spawn(async {
+        let bg = Builder::new("bursts").parallelism(8).build().unwrap();
+        let done = Arc::new(AtomicU64::new(0));
+        const BURST: u64 = 512;
+        for round in 0..1_000u64 {
+            for _ in 0..BURST {
+                let done = done.clone();
+                bg.spawn("burst", async move {
+                    done.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+            // Polls rather than waits to be woken: the producer then runs
+            // between the runners' polls, as they linger, park and leave.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while done.load(Ordering::SeqCst) < (round + 1) * BURST {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "round {round}: stranded: {:?}",
+                    bg.snapshot()
+                );
+                tokio::task::yield_now().await;
+            }
+        }
+        bg.idle().await;
+        let snapshot = bg.snapshot();
+        assert_eq!(snapshot.completed, 512_000);
+        assert!(snapshot.is_consistent());
+    })
+    .await
+    .unwrap();
+}
+
+/// Spins on its worker, never yielding, until `release` is set (at most
+/// 20 s, so that a failing test ends).
+async fn hog(release: Arc<std::sync::atomic::AtomicBool>) {
+    let start = std::time::Instant::now();
+    while !release.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(20) {
+        std::hint::spin_loop();
+    }
+}
+
+/// A task that holds its worker without yielding does not hold up the task
+/// queued behind it: the runner that took it starts a runner for the next
+/// one before running it, and moves that runner out of the worker's LIFO
+/// slot (where no other worker could take it) so that the other worker
+/// runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_never_yields_does_not_hold_up_the_task_behind_it() {
+    let bg = Builder::new("hogged").parallelism(4).build().unwrap();
+    for round in 0..20 {
+        let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ran_tx, ran_rx) = oneshot::channel();
+        // From a worker, in one poll: the runner lands in its LIFO slot.
+        let producer = {
+            let bg = bg.clone();
+            let release = release.clone();
+            tokio::spawn(async move {
+                bg.spawn("hog", hog(release));
+                bg.spawn("behind", async move {
+                    let _ = ran_tx.send(());
+                });
+            })
+        };
+        producer.await.unwrap();
+        let ran = tokio::time::timeout(Duration::from_secs(10), ran_rx).await;
+        release.store(true, Ordering::SeqCst);
+        assert!(
+            ran.is_ok(),
+            "round {round}: the task behind the hog waited for it"
+        );
+        bg.idle().await;
+    }
+    assert_eq!(bg.snapshot().completed, 40);
+}
+
+/// A producer that holds its worker after a `spawn` keeps the runner it
+/// woke in that worker's LIFO slot; `spawn` calls from other threads do not
+/// rely on that runner, they start their own, and their tasks run (the
+/// first task too: runners take tasks in order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_that_holds_its_worker_does_not_hold_up_other_callers() {
+    let bg = Builder::new("other-callers")
+        .parallelism(4)
+        .build()
+        .unwrap();
+    for round in 0..20 {
+        let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (spawned_tx, spawned_rx) = oneshot::channel();
+        let producer = {
+            let bg = bg.clone();
+            let release = release.clone();
+            tokio::spawn(async move {
+                bg.spawn("first", async {});
+                let _ = spawned_tx.send(());
+                // Holds the worker, without yielding, after its spawn.
+                hog(release).await;
+            })
+        };
+        spawned_rx.await.unwrap();
+        let (ran_tx, ran_rx) = oneshot::channel();
+        // From this thread (not a worker).
+        bg.spawn("other", async move {
+            let _ = ran_tx.send(());
+        });
+        let ran = tokio::time::timeout(Duration::from_secs(10), ran_rx).await;
+        release.store(true, Ordering::SeqCst);
+        producer.await.unwrap();
+        assert!(
+            ran.is_ok(),
+            "round {round}: the other caller's task waited for the producer"
+        );
+        bg.idle().await;
+    }
+    assert_eq!(bg.snapshot().completed, 40);
 }
 
 /// The standby runner leaves when nothing can wake it any more: after
