@@ -237,8 +237,9 @@ async fn a_spinning_producer_does_not_starve_the_pool() {
     spinning_producer(8, false).await;
 }
 
-/// With one runner, no later runner start pushes it out of the producer's
-/// LIFO slot: `spawn` does that itself once 32 tasks wait for it.
+/// The producer's runner waits in its LIFO slot; once three quarters of the
+/// queue is full (or after 1 ms), `spawn` pushes it out, with a second
+/// runner or, with one runner, an empty task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spinning_producer_does_not_starve_a_pool_of_one_runner() {
     spinning_producer(1, false).await;
