@@ -110,7 +110,7 @@ const ABORT_SETTLE: Duration = Duration::from_secs(1);
 /// The admission word's "closed" bit: set once, when the pool stops
 /// accepting (shutdown, or no runtime).
 const CLOSED: u64 = 1 << 63;
-/// One runner in the runner word (its low 31 bits count runners).
+/// One runner in the runner word (its bits below [`STANDBY`] count runners).
 const RUNNER: u64 = 1;
 /// The runner word's "standby" bit: one runner holds the standby place,
 /// from the moment it parks until it is polled again after its wake-up (or
