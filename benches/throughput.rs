@@ -92,6 +92,11 @@ fn throughput(c: &mut Criterion) {
 /// `burst` (at most 512: the queue never fills), each burst waited for,
 /// inside a `caller` span. With `settle`, each wait also lasts until that
 /// pool is idle, its runners gone (as after a quiet spell).
+///
+/// The span is made on the worker, where the set-up's subscriber is the
+/// default (the thread that calls `block_on` has none: a span made there is
+/// disabled, and with full telemetry `spawn` would find no parent to
+/// capture, which is what runs before 2026-12-01 measured).
 fn caller_cost(
     setup: &Setup,
     iters: u64,
@@ -99,8 +104,11 @@ fn caller_cost(
     settle: Option<bg_queue::BackgroundTx>,
     submit: Arc<dyn Fn(Sixteen) + Send + Sync>,
 ) -> Duration {
+    let traced = setup.dispatch.is_some();
     setup.runtime.block_on(async {
-        tokio::spawn(
+        tokio::spawn(async move {
+            let caller = tracing::info_span!("caller");
+            assert_eq!(caller.is_disabled(), !traced, "the caller span");
             async move {
                 let latch = Latch::new();
                 let mut total = Duration::ZERO;
@@ -125,8 +133,9 @@ fn caller_cost(
                 }
                 total
             }
-            .instrument(tracing::info_span!("caller")),
-        )
+            .instrument(caller)
+            .await
+        })
         .await
         .unwrap()
     })

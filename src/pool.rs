@@ -138,8 +138,8 @@ pub const MAX_PARALLELISM: usize = 0xFFFF;
 /// another (see [`Pool::check_stall`]). A producer that has not yielded for
 /// this long is far past tokio's budget between awaits (10-100 us).
 const STALL_AFTER: Duration = Duration::from_millis(1);
-/// `spawn` checks [`STALL_AFTER`] only when a multiple of this many tasks
-/// wait, which keeps the clock arithmetic off most calls in a burst.
+/// `spawn` reads the time for [`STALL_AFTER`] only when a multiple of this
+/// many tasks wait.
 const STALL_CHECK_EVERY: u64 = 16;
 
 /// Lingering runners counted in a runner word.
@@ -630,8 +630,9 @@ pub(crate) struct Pool {
     /// so it runs as soon as the caller yields, and it starts runners for
     /// whatever waits then. Calls from other threads do not rely on it.
     pending_owner: AtomicUsize,
-    /// When `pending_owner` last started or woke a runner (or `spawn` last
-    /// acted on a stall): nanoseconds since `epoch`.
+    /// Since when `pending_owner`'s calls have relied on its pending runner
+    /// (see [`Pool::check_stall`]): nanoseconds since `epoch`, never 0; 0
+    /// until noted.
     pending_since: AtomicU64,
     /// The depth at which `spawn` stops waiting for [`STALL_AFTER`] and
     /// treats its pending runner as stuck: three quarters of `capacity`, so
@@ -878,7 +879,7 @@ impl Pool {
             });
         match updated {
             Ok(previous) => {
-                self.note_pending(thread, now);
+                self.note_pending(thread);
                 self.launch(previous);
             }
             // Left to this thread's pending runner (not to lingering ones,
@@ -900,11 +901,13 @@ impl Pool {
         }
     }
 
-    /// Records that `thread` started or woke a runner at `now`.
-    fn note_pending(&self, thread: usize, now: Instant) {
+    /// Records that `thread` started or woke a runner. When it did is left
+    /// for [`check_stall`](Self::check_stall) to note, at the thread's first
+    /// call that relies on that runner: a call that launches one (every call
+    /// on a quiet pool) does no clock arithmetic.
+    fn note_pending(&self, thread: usize) {
         self.pending_owner.store(thread, Ordering::Relaxed);
-        self.pending_since
-            .store(self.nanos_since_build(now), Ordering::Relaxed);
+        self.pending_since.store(0, Ordering::Relaxed);
     }
 
     /// Called by a runner that took a task while `waiting` more wait: starts
@@ -1023,24 +1026,31 @@ impl Pool {
     /// last runner is still pending. That runner waits in this worker's
     /// LIFO slot, where no other worker can take it, until this caller
     /// yields; a producer that never yields would keep it there. So once
-    /// that has lasted [`STALL_AFTER`] (checked when a multiple of
-    /// [`STALL_CHECK_EVERY`] tasks wait), or the queue reaches
-    /// `stall_depth`, this starts another runner (or wakes the standby),
-    /// which takes the slot and pushes the pending one out to where another
-    /// worker takes it. With every runner started, an empty task does the
-    /// pushing.
+    /// that has lasted [`STALL_AFTER`], or the queue reaches `stall_depth`,
+    /// this starts another runner (or wakes the standby), which takes the
+    /// slot and pushes the pending one out to where another worker takes
+    /// it. With every runner started, an empty task does the pushing.
+    ///
+    /// Time is read only when a multiple of [`STALL_CHECK_EVERY`] tasks
+    /// wait, which keeps the clock arithmetic off most calls in a burst: the
+    /// first such call notes the time, later ones compare.
     fn check_stall(self: &Arc<Self>, admitted: u64, now: Instant, thread: usize) {
         if admitted != self.stall_depth {
             if admitted % STALL_CHECK_EVERY != 0 {
                 return;
             }
+            // Never 0, which means "not noted yet".
+            let now_ns = self.nanos_since_build(now) | 1;
             let since = self.pending_since.load(Ordering::Relaxed);
-            let waited = self.nanos_since_build(now).saturating_sub(since);
-            if u128::from(waited) < STALL_AFTER.as_nanos() {
+            if since == 0 {
+                self.pending_since.store(now_ns, Ordering::Relaxed);
+                return;
+            }
+            if u128::from(now_ns.saturating_sub(since)) < STALL_AFTER.as_nanos() {
                 return;
             }
         }
-        self.note_pending(thread, now);
+        self.note_pending(thread);
         let limit = self.runner_limit();
         match self
             .runners
