@@ -108,7 +108,13 @@ fn caller_cost(
     setup.runtime.block_on(async {
         tokio::spawn(async move {
             let caller = tracing::info_span!("caller");
-            assert_eq!(caller.is_disabled(), !traced, "the caller span");
+            // Only this way round: with no subscriber, a callsite that an
+            // earlier set-up's subscriber marked interesting still makes a
+            // span (through `NoSubscriber`, recording nothing), which is not
+            // "disabled" but costs `spawn` nothing either.
+            if traced {
+                assert!(!caller.is_disabled(), "the caller span is disabled");
+            }
             async move {
                 let latch = Latch::new();
                 let mut total = Duration::ZERO;

@@ -25,8 +25,9 @@
 //! the rules decide how soon a task starts, never whether it does.
 //!
 //! A runner that finds the queue empty does not leave at once: it
-//! *lingers*, counted as such in the runner word, yields once, steps out of
-//! that count and looks again. A producer that sees at least as many
+//! *lingers*, counted as such in the runner word, yields once (by waking
+//! itself, so that another worker can steal it; see [`YieldToRunQueue`]),
+//! steps out of that count and looks again. A producer that sees at least as many
 //! lingering runners as tasks waiting starts none (a runner task is most of
 //! the cost of a `spawn` on a quiet pool).
 //!
@@ -51,9 +52,12 @@
 //! other threads do not rely on that runner (its thread may hold its worker
 //! for long) and launch their own as before. A runner started by a runner
 //! lands in the starter's LIFO slot, behind the task the starter is about to
-//! run, which may hold the worker: so the starter then spawns an empty
-//! task, which pushes it out to the run queue, where another worker takes
-//! it.
+//! run, which may hold the worker: so the starter then yields once, to the
+//! back of the run queue, and the worker runs the new runner first, which
+//! takes the next task. This does not rely on another worker stealing
+//! anything: tokio can leave a stealable task unstolen while a task holds
+//! its worker (measured: 13 of 6,000 rounds of raw tokio tasks stalled for
+//! a second on this machine under load, none with the yield; BENCHMARKS.md).
 //!
 //! Runners are ordinary tokio tasks, so a producer that submits in a loop
 //! without yielding cannot hide them the way it hid the seed's single
@@ -61,10 +65,9 @@
 //! has lasted [`STALL_AFTER`], or three quarters of the queue is full, its
 //! `spawn` launches another runner, which takes the slot and pushes the
 //! pending one out to where another worker takes it (with every runner
-//! started, an empty task does the pushing). What it cannot free is a
-//! runner that was lingering on the producer's worker when the loop began,
-//! with `parallelism` 1: a yielded task waits until its worker is free
-//! (README, "What it promises").
+//! started, an empty task does the pushing). A runner that was lingering on
+//! the producer's worker when the loop began is in that worker's run queue,
+//! where another worker steals it.
 //!
 //! The lock is held for a few hundred nanoseconds at most: no await, no
 //! allocation except queue growth, no logging and no span work under it. A
@@ -73,9 +76,11 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -913,7 +918,8 @@ impl Pool {
     /// Called by a runner that took a task while `waiting` more wait: starts
     /// (or wakes) runners for them, up to `parallelism`, before that task
     /// runs (it may run long). Runners that linger or are pending count.
-    fn fan_out(self: &Arc<Self>, waiting: u64) {
+    /// Whether it launched any.
+    fn fan_out(self: &Arc<Self>, waiting: u64) -> bool {
         let limit = self.runner_limit();
         let mut launched = false;
         while let Ok(previous) =
@@ -929,13 +935,7 @@ impl Pool {
             self.launch(previous);
             launched = true;
         }
-        if launched {
-            // The runner launched last sits in this worker's LIFO slot, behind
-            // the task this runner is about to run, which may hold the worker
-            // for long; no other worker can take it from there. An empty task
-            // pushes it out to the run queue, and wakes a parked worker.
-            self.spawn_empty();
-        }
+        launched
     }
 
     /// Spawns an empty task on the pool's runtime: from a worker thread, it
@@ -1324,6 +1324,27 @@ pub(crate) fn format_counts(counts: &[(&'static str, u64)]) -> String {
         .join(", ")
 }
 
+/// Yields once by waking itself, so that tokio puts the task at the back of
+/// its worker's run queue, where an idle worker steals it.
+/// `tokio::task::yield_now` instead defers the wake-up until the worker has
+/// nothing else to run: if the worker then takes a task that holds it, a
+/// lingering runner deferred there waits for that task, while `spawn` and
+/// other runners count on it to take the next one.
+struct YieldToRunQueue(bool);
+
+impl Future for YieldToRunQueue {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
 /// What a runner does next.
 enum Next {
     /// Run this task; `u64` tasks still wait (admitted, not running).
@@ -1377,14 +1398,12 @@ async fn run_loop(mut guard: RunnerGuard) {
                 None => Next::Exit,
             }
         };
-        let (envelope, attrs, started) = match next {
+        let (envelope, attrs, started, launched) = match next {
             Next::Run(envelope, attrs, started, waiting) => {
                 // Before this task runs (it may run long): runners for the
                 // rest, started here rather than by the producer.
-                if waiting > 0 {
-                    pool.fan_out(waiting);
-                }
-                (envelope, attrs, started)
+                let launched = waiting > 0 && pool.fan_out(waiting);
+                (envelope, attrs, started, launched)
             }
             Next::Linger => {
                 lingered = true;
@@ -1395,7 +1414,7 @@ async fn run_loop(mut guard: RunnerGuard) {
                 // that `spawn` admitted before it read the count.
                 pool.runners.fetch_add(LINGERING, Ordering::SeqCst);
                 guard.lingering = true;
-                tokio::task::yield_now().await;
+                YieldToRunQueue(false).await;
                 pool.runners.fetch_sub(LINGERING, Ordering::SeqCst);
                 guard.lingering = false;
                 continue;
@@ -1432,6 +1451,24 @@ async fn run_loop(mut guard: RunnerGuard) {
             spans: None,
             started,
         });
+        let started = if launched {
+            // The runner launched last sits in this worker's LIFO slot, where
+            // no other worker can take it, and this task may hold the worker
+            // for long. Yielding puts this runner at the back of the run
+            // queue, so the worker runs the launched one first, which takes
+            // the next task: a task queued behind one that never yields
+            // starts before it, without waiting for another worker to steal
+            // its runner (tokio can leave a stealable task unstolen while a
+            // task holds its worker; README, "What it promises").
+            YieldToRunQueue(false).await;
+            let resumed = Instant::now();
+            if let Some(current) = guard.current.as_mut() {
+                current.started = resumed;
+            }
+            resumed
+        } else {
+            started
+        };
         let wait = started.saturating_duration_since(envelope.enqueued_at);
         pool.telemetry.record_wait(&attrs, wait);
         let spans = pool.telemetry.start_spans(
@@ -1608,6 +1645,21 @@ impl BackgroundTx {
     /// drops and slowest runs.
     pub fn snapshot(&self) -> PoolSnapshot {
         self.pool.snapshot()
+    }
+
+    #[doc(hidden)]
+    pub fn debug_word(&self) -> String {
+        let w = self.pool.runners.load(Ordering::SeqCst);
+        format!(
+            "count={} standby={} parked={} lingering={} pending={} admitted={} owner={:x}",
+            w & 0x3FFF_FFFF,
+            (w >> 30) & 1,
+            (w >> 31) & 1,
+            lingering(w),
+            pending(w),
+            self.pool.admission.load(Ordering::SeqCst),
+            self.pool.pending_owner.load(Ordering::SeqCst)
+        )
     }
 
     /// The pool's name.

@@ -253,6 +253,60 @@ async fn a_spinning_producer_does_not_starve_a_woken_standby_runner() {
     spinning_producer(8, true).await;
 }
 
+/// A runner that finds the queue empty lingers: it yields once and looks
+/// again, and `spawn` leaves new tasks to it. It yields by waking itself,
+/// into its worker's run queue, where another worker can steal it; so a
+/// producer that starts a never-yielding loop on that worker just after its
+/// previous task ended does not hold up the tasks it leaves to that runner.
+/// (`tokio::task::yield_now` would defer the runner on that worker, where
+/// no other worker can take it: nothing ran until the loop ended.) The
+/// main thread spawns an empty task every millisecond, as a service's
+/// traffic would: tokio can leave a stealable task unstolen while a task
+/// holds its worker, and another worker searches for work when woken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_lingering_on_a_spinning_producers_worker_still_runs() {
+    let bg = Builder::new("linger-spin").parallelism(1).build().unwrap();
+    for round in 0..20 {
+        let ran = Arc::new(AtomicU64::new(0));
+        let mut producer = {
+            let bg = bg.clone();
+            let ran = ran.clone();
+            tokio::spawn(async move {
+                // Run from this worker and awaited here: its runner wakes
+                // this task, then lingers on this worker.
+                let (done_tx, done_rx) = oneshot::channel();
+                bg.spawn("first", async move {
+                    let _ = done_tx.send(());
+                });
+                done_rx.await.unwrap();
+                let start = std::time::Instant::now();
+                while ran.load(Ordering::SeqCst) == 0 && start.elapsed() < Duration::from_secs(10) {
+                    let ran = ran.clone();
+                    bg.spawn("spin", async move {
+                        ran.fetch_add(1, Ordering::SeqCst);
+                    });
+                }
+            })
+        };
+        let mut traffic = tokio::time::interval(Duration::from_millis(1));
+        loop {
+            tokio::select! {
+                result = &mut producer => break result.unwrap(),
+                _ = traffic.tick() => drop(tokio::spawn(async {})),
+            }
+        }
+        assert!(
+            ran.load(Ordering::SeqCst) > 0,
+            "round {round}: no task ran while the producer spun: {:?}",
+            bg.snapshot()
+        );
+        bg.idle().await;
+    }
+    let snapshot = bg.snapshot();
+    assert!(snapshot.is_consistent());
+    assert_eq!(snapshot.completed, snapshot.spawned);
+}
+
 #[tokio::test]
 async fn panics_are_isolated_counted_and_release_the_runner() {
     let bg = Builder::new("panics").parallelism(1).build().unwrap();
