@@ -56,8 +56,9 @@
 //! back of the run queue, and the worker runs the new runner first, which
 //! takes the next task. This does not rely on another worker stealing
 //! anything: tokio can leave a stealable task unstolen while a task holds
-//! its worker (measured: 13 of 6,000 rounds of raw tokio tasks stalled for
-//! a second on this machine under load, none with the yield; BENCHMARKS.md).
+//! its worker (`examples/unstolen.rs`: raw tokio tasks in this pattern
+//! stalled for a second in 3 of 6,000 rounds of a debug build under load,
+//! none with the yield; BENCHMARKS.md).
 //!
 //! Runners are ordinary tokio tasks, so a producer that submits in a loop
 //! without yielding cannot hide them the way it hid the seed's single
