@@ -1648,21 +1648,6 @@ impl BackgroundTx {
         self.pool.snapshot()
     }
 
-    #[doc(hidden)]
-    pub fn debug_word(&self) -> String {
-        let w = self.pool.runners.load(Ordering::SeqCst);
-        format!(
-            "count={} standby={} parked={} lingering={} pending={} admitted={} owner={:x}",
-            w & 0x3FFF_FFFF,
-            (w >> 30) & 1,
-            (w >> 31) & 1,
-            lingering(w),
-            pending(w),
-            self.pool.admission.load(Ordering::SeqCst),
-            self.pool.pending_owner.load(Ordering::SeqCst)
-        )
-    }
-
     /// The pool's name.
     pub fn name(&self) -> &str {
         &self.pool.name

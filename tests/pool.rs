@@ -774,9 +774,9 @@ async fn with_traffic<F: std::future::Future>(limit: Duration, future: F) -> Opt
 
 /// A task that holds its worker without yielding does not hold up the task
 /// queued behind it: the runner that took it starts a runner for the next
-/// one before running it, and moves that runner out of the worker's LIFO
-/// slot (where no other worker could take it) so that the other worker
-/// runs it.
+/// one, then yields once before running it, so that its worker runs the
+/// new runner (from the LIFO slot, where no other worker could take it)
+/// first, without relying on another worker to steal anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_that_never_yields_does_not_hold_up_the_task_behind_it() {
     let bg = Builder::new("hogged").parallelism(4).build().unwrap();
