@@ -59,6 +59,7 @@
     rust_2018_idioms
 )]
 
+mod clock;
 #[cfg(feature = "debug-page")]
 mod debug_page;
 mod error;

@@ -74,6 +74,7 @@
 //! allocation except queue growth, no logging and no span work under it. A
 //! refused task takes it once, to be counted by name and reason.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
@@ -94,11 +95,12 @@ use tokio::task::AbortHandle;
 
 use crate::report::ShutdownReport;
 use crate::stats::{
-    DepthHistory, DropRecord, PoolSnapshot, Ring, SlowRecord, Slowest, TaskStats, WallClock,
+    DepthHistory, DropCounts, DropRecord, PoolSnapshot, Ring, SlowRecord, Slowest, TaskStats,
+    WallClock,
 };
 use crate::task::{BoxTask, CatchPanic, Envelope, Outcome, RunEnd, TaskOutput};
 use crate::telemetry::{self, names, Propagation, RunSpan, TaskAttributes, Telemetry};
-use crate::{BuildError, SpawnError};
+use crate::{BuildError, DropReason, SpawnError};
 
 /// Default queue capacity (the seed's `CAPACITY`).
 pub const DEFAULT_CAPACITY: usize = 1024;
@@ -172,6 +174,19 @@ fn claim_runner(word: u64, limit: u64) -> Option<u64> {
 thread_local! {
     /// Its address identifies the thread (see [`thread_token`]).
     static THREAD_TOKEN: u8 = const { 0 };
+    /// The drop counters of the last (pool, task name) this thread saw
+    /// refused for a full queue: see [`Pool::fold_drop`].
+    static LAST_DROP: RefCell<Option<CachedDrop>> = const { RefCell::new(None) };
+}
+
+/// Source of [`Pool::id`].
+static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
+
+/// An entry of the drop path's per-thread cache.
+struct CachedDrop {
+    pool: u64,
+    name: &'static str,
+    counts: Arc<DropCounts>,
 }
 
 /// A number that differs between live threads: the address of a
@@ -405,6 +420,7 @@ impl Builder {
             pending_since: AtomicU64::new(0),
             stall_depth: (self.capacity - self.capacity / 4).max(2) as u64,
             epoch: now,
+            id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
             standby: Notify::new(),
             handles: AtomicUsize::new(1),
             runtime,
@@ -646,6 +662,9 @@ pub(crate) struct Pool {
     stall_depth: u64,
     /// The pool's build instant, the origin of `pending_since`.
     epoch: Instant,
+    /// Unique in the process (unlike an address, never reused): the key of
+    /// the drop path's per-thread cache.
+    id: u64,
     /// Wakes the standby runner (one wake per clearing of [`PARKED`]).
     standby: Notify,
     /// Live [`BackgroundTx`] handles: when the last one goes, nothing can
@@ -752,9 +771,10 @@ impl Pool {
         make_future: impl FnOnce() -> BoxTask,
     ) -> Result<(), SpawnError> {
         let (parent, traced) = self.telemetry.capture_parent();
-        // The only clock read on this path (about 30 ns on a virtual
-        // machine): wall-clock times are derived from it at snapshot time.
-        let now = Instant::now();
+        // The call's one read of the precise clock (about 30 ns on a
+        // virtual machine), made once it is known to be needed: wall-clock
+        // times are derived from it at snapshot time.
+        let mut now = None;
         let capacity = self.capacity as u64;
         let mut admission = self.admission.load(Ordering::Relaxed);
         let mut make_future = Some(make_future);
@@ -770,6 +790,7 @@ impl Pool {
             // are a few instructions apart (`abandon_queued` waits out that
             // gap); a refused call allocates nothing.
             if boxed.is_none() {
+                now = Some(Instant::now());
                 boxed = make_future.take().map(|make| CatchPanic::new(make()));
             }
             match self.admission.compare_exchange_weak(
@@ -789,9 +810,14 @@ impl Pool {
             // Not boxed yet, so not wrapped: catch a panic in its `Drop`
             // here (`spawn` never panics, whatever the future does).
             let _ = crate::task::drop_catching_panic(make_future.take());
+            if error == Some(SpawnError::QueueFull) && !traced && self.fold_drop(name) {
+                return Err(SpawnError::QueueFull);
+            }
             let depth = admission & !CLOSED;
+            let now = now.unwrap_or_else(Instant::now);
             return Err(self.refuse(name, error, depth, parent, traced, now));
         }
+        let now = now.expect("read before the place was claimed");
         let future = boxed.take().expect("boxed before the place was claimed");
         // Accepted tasks not yet running, this one included.
         let admitted = admission + 1;
@@ -832,7 +858,15 @@ impl Pool {
         // values (formatting waits for a snapshot).
         let index = state.task_index(&self.name, name, now);
         let reason = error.reason();
-        state.tasks[index].1.dropped[reason.index()] += 1;
+        let counts = &state.tasks[index].1.dropped;
+        counts.add(reason);
+        let tick = (reason == DropReason::QueueFull)
+            .then(crate::clock::coarse_tick)
+            .flatten();
+        if let Some(tick) = tick {
+            counts.set_recorded_tick(tick);
+            self.cache_drop_counts(name, counts);
+        }
         state.recent_drops.push(DropRecord {
             at: now,
             task: name,
@@ -854,6 +888,59 @@ impl Pool {
             );
         }
         error
+    }
+
+    /// Counts a call refused for a full queue without the lock, if the
+    /// coarse clock is still on the tick of the last such drop of `name`
+    /// recorded in full (by [`refuse`](Self::refuse), from any thread):
+    /// a flood keeps exact counts, and one drop per name and tick in the
+    /// recent-drops ring, with its time and a check for a due log summary.
+    /// Only untraced calls come here: a traced drop has a span and a trace
+    /// id to record.
+    ///
+    /// False (record it in full) on this thread's first drop of `name`, or
+    /// when the tick has moved on.
+    fn fold_drop(&self, name: &'static str) -> bool {
+        let Some(tick) = crate::clock::coarse_tick() else {
+            return false;
+        };
+        LAST_DROP
+            .try_with(|cache| {
+                let Ok(cache) = cache.try_borrow() else {
+                    return false;
+                };
+                match &*cache {
+                    Some(cached)
+                        if cached.pool == self.id
+                            && std::ptr::eq(cached.name, name)
+                            && cached.counts.recorded_tick() == tick =>
+                    {
+                        cached.counts.add(DropReason::QueueFull);
+                        true
+                    }
+                    _ => false,
+                }
+            })
+            .unwrap_or(false)
+    }
+
+    /// Makes `counts` (of `name` in this pool) the one [`fold_drop`]
+    /// (Self::fold_drop) finds on this thread.
+    fn cache_drop_counts(&self, name: &'static str, counts: &Arc<DropCounts>) {
+        let _ = LAST_DROP.try_with(|cache| {
+            if let Ok(mut cache) = cache.try_borrow_mut() {
+                match &mut *cache {
+                    Some(cached) if cached.pool == self.id && std::ptr::eq(cached.name, name) => {}
+                    slot => {
+                        *slot = Some(CachedDrop {
+                            pool: self.id,
+                            name,
+                            counts: Arc::clone(counts),
+                        });
+                    }
+                }
+            }
+        });
     }
 
     /// Makes sure a runner will take the `admitted` tasks waiting (accepted,
@@ -1118,7 +1205,7 @@ impl Pool {
         let sum = |field: fn(&crate::stats::TaskSnapshot) -> u64| tasks.iter().map(field).sum();
         let mut dropped_by_reason = [0u64; 4];
         for (_, stats) in &state.tasks {
-            for (total, count) in dropped_by_reason.iter_mut().zip(stats.dropped) {
+            for (total, count) in dropped_by_reason.iter_mut().zip(stats.dropped.by_reason()) {
                 *total += count;
             }
         }
@@ -1752,5 +1839,70 @@ impl BackgroundTx {
     /// Cancel safe: it only observes the pool.
     pub async fn idle(&self) {
         self.wait_idle(None).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Builder;
+    use crate::clock::coarse_tick;
+
+    /// Spins (in clock reads, not time) until the coarse clock moves on.
+    fn next_tick() -> u64 {
+        let start = coarse_tick().expect("a coarse clock");
+        for _ in 0..500_000_000u64 {
+            let now = coarse_tick().unwrap();
+            if now != start {
+                return now;
+            }
+        }
+        panic!("the coarse clock did not move");
+    }
+
+    /// Without a subscriber, a flood of `queue_full` drops is counted
+    /// exactly, and records one drop per task name and clock tick in the
+    /// recent-drops ring: the next tick's first drop is recorded in full.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn repeated_drops_in_one_tick_are_counted_and_recorded_once() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let _entered = runtime.enter();
+        let bg = Builder::new("ticks")
+            .capacity(1)
+            .parallelism(1)
+            .build()
+            .unwrap();
+        bg.spawn("kept", async {});
+        let mut dropped = 0u64;
+        let mut folded_once = false;
+        // Until the ring of 20 is full: each round adds at least one.
+        for _ in 0..crate::stats::RING_LEN {
+            let recorded = bg.snapshot().recent_drops.len();
+            let tick = next_tick();
+            for _ in 0..100 {
+                bg.spawn("flood", async {});
+            }
+            dropped += 100;
+            let snapshot = bg.snapshot();
+            assert_eq!(snapshot.dropped, dropped, "every drop counted");
+            assert_eq!(snapshot.dropped_by_reason.queue_full, dropped);
+            let grew = snapshot.recent_drops.len() - recorded;
+            assert!(grew >= 1, "the new tick's first drop is recorded");
+            if recorded + grew == crate::stats::RING_LEN {
+                break;
+            }
+            // All 100 in the tick that began just before: one recorded.
+            if coarse_tick() == Some(tick) {
+                assert_eq!(grew, 1, "one drop recorded per name and tick");
+                folded_once = true;
+            }
+        }
+        assert!(folded_once, "no round of 100 drops fit in one tick");
+        let ring = bg.snapshot().recent_drops;
+        assert!(ring
+            .iter()
+            .all(|drop| drop.task == "flood" && drop.reason == "queue_full"));
     }
 }

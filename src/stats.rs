@@ -1,12 +1,17 @@
 //! Live counters and the snapshot they produce.
 //!
-//! All counters live under the pool's one lock (the same guard that holds the
-//! queue; tasks admitted without it are absorbed under it before anything is
-//! read), so a snapshot is a consistent cut: the invariant
+//! The counters live under the pool's one lock (the same guard that holds
+//! the queue; tasks admitted without it are absorbed under it before
+//! anything is read), so a snapshot is a consistent cut: the invariant
 //! `spawned = completed + failed + panicked + timed_out + abandoned + queued + running`
-//! holds exactly in every snapshot, not just eventually.
+//! holds exactly in every snapshot, not just eventually. Drop counts are
+//! the exception: atomics ([`DropCounts`]), since a flood of refused calls
+//! counts itself without the lock. A drop is not in that invariant, and each
+//! is counted before its `spawn` returns.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
@@ -30,7 +35,9 @@ pub(crate) struct TaskStats {
     pub(crate) panicked: u64,
     pub(crate) timed_out: u64,
     pub(crate) abandoned: u64,
-    pub(crate) dropped: [u64; 4],
+    /// Shared with the drop path's per-thread cache, which counts repeated
+    /// drops here without the lock.
+    pub(crate) dropped: Arc<DropCounts>,
     pub(crate) queued: u64,
     pub(crate) running: u64,
     pub(crate) wait: RecentHistogram,
@@ -49,7 +56,7 @@ impl TaskStats {
             panicked: 0,
             timed_out: 0,
             abandoned: 0,
-            dropped: [0; 4],
+            dropped: Arc::new(DropCounts::default()),
             queued: 0,
             running: 0,
             wait: RecentHistogram::new(now),
@@ -59,7 +66,7 @@ impl TaskStats {
     }
 
     pub(crate) fn dropped_total(&self) -> u64 {
-        self.dropped.iter().sum()
+        self.dropped.by_reason().iter().sum()
     }
 
     pub(crate) fn record_end(&mut self, outcome: Outcome) {
@@ -82,13 +89,47 @@ impl TaskStats {
             completed: self.completed,
             failed: self.failed,
             dropped: self.dropped_total(),
-            dropped_by_reason: DroppedByReason::from(self.dropped),
+            dropped_by_reason: DroppedByReason::from(self.dropped.by_reason()),
             panicked: self.panicked,
             timed_out: self.timed_out,
             abandoned: self.abandoned,
             wait_ms: self.wait.percentiles(now),
             run_ms: self.run.percentiles(now),
         }
+    }
+}
+
+/// Drops of one task name in one pool, by [`DropReason::index`].
+///
+/// Atomic, unlike the other counters: a `spawn` refused for a full queue in
+/// the same clock tick as the last drop of its name that was recorded in
+/// full counts itself here without taking the pool's lock (see
+/// `Pool::fold_drop`), so drops are counted exactly but may land a moment
+/// after a concurrent snapshot's cut.
+#[derive(Debug, Default)]
+pub(crate) struct DropCounts {
+    counts: [AtomicU64; 4],
+    /// The coarse clock tick (`crate::clock::coarse_tick`) of the last
+    /// `queue_full` drop of this name recorded in full: its time in the
+    /// recent-drops ring, and a check for a due log summary.
+    recorded_tick: AtomicU64,
+}
+
+impl DropCounts {
+    pub(crate) fn add(&self, reason: DropReason) {
+        self.counts[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn by_reason(&self) -> [u64; 4] {
+        std::array::from_fn(|index| self.counts[index].load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn recorded_tick(&self) -> u64 {
+        self.recorded_tick.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_recorded_tick(&self, tick: u64) {
+        self.recorded_tick.store(tick, Ordering::Relaxed);
     }
 }
 
@@ -456,7 +497,11 @@ pub struct PoolSnapshot {
     pub accepting: bool,
     /// Per task name, in order of first use.
     pub tasks: Vec<TaskSnapshot>,
-    /// The last drops, newest first.
+    /// The last drops, newest first (at most 20). With no tracing
+    /// subscriber, where a drop has no span or trace id, a flood records
+    /// one drop per task name and tick of the kernel's coarse clock (1-10
+    /// ms, usually 4 ms) that refused it for a full queue, and only counts
+    /// the rest ([`dropped`](Self::dropped) stays exact).
     pub recent_drops: Vec<DroppedTask>,
     /// The slowest recent runs, slowest first.
     pub slowest: Vec<SlowTask>,

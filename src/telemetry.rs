@@ -683,8 +683,9 @@ pub(crate) fn register_observers(meter: &Meter, pool: Weak<Pool>) {
         .with_callback(move |observer| {
             if let Some(pool) = weak.upgrade() {
                 pool.for_each_task(|attrs, stats| {
+                    let counts = stats.dropped.by_reason();
                     for reason in DropReason::ALL {
-                        let count = stats.dropped[reason.index()];
+                        let count = counts[reason.index()];
                         if count > 0 {
                             let mut set = attrs.pool_task.clone();
                             set.push(KeyValue::new(names::DROP_REASON, reason.as_str()));

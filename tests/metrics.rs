@@ -132,6 +132,58 @@ async fn exact_counts_after_a_known_workload() {
     assert_eq!(one(&points, "bg.queue.oldest_age", &pool).value, 0.0);
 }
 
+/// With no tracing subscriber, calls refused for a full queue in the same
+/// clock tick are counted without the pool's lock. From four threads at
+/// once every one of them is still counted, in the snapshot and in the
+/// exported `bg.task.dropped`.
+#[tokio::test]
+async fn a_flood_of_drops_from_four_threads_is_counted_exactly() {
+    const PER_THREAD: u64 = 25_000;
+    let metrics = Metrics::new();
+    let bg = Builder::new("flood")
+        .capacity(1)
+        .parallelism(1)
+        .meter(metrics.provider.meter("test"))
+        .build()
+        .unwrap();
+    // Queued, and it stays queued: this test's thread never yields to the
+    // runner until the flood is over.
+    bg.spawn("kept", async {});
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            let bg = bg.clone();
+            scope.spawn(move || {
+                for _ in 0..PER_THREAD {
+                    bg.spawn("flood", async {});
+                }
+            });
+        }
+    });
+    let snapshot = bg.snapshot();
+    assert_eq!(snapshot.dropped, 4 * PER_THREAD);
+    assert_eq!(snapshot.dropped_by_reason.queue_full, 4 * PER_THREAD);
+    let flood = snapshot.tasks.iter().find(|t| t.name == "flood").unwrap();
+    assert_eq!(flood.dropped, 4 * PER_THREAD);
+    assert_eq!(flood.spawned, 0);
+    assert!(!snapshot.recent_drops.is_empty());
+    assert!(snapshot
+        .recent_drops
+        .iter()
+        .all(|d| d.task == "flood" && d.reason == "queue_full" && d.trace_id.is_none()));
+    let points = metrics.collect();
+    let filter = [
+        ("bg.pool.name", "flood"),
+        ("bg.task.name", "flood"),
+        ("bg.drop.reason", "queue_full"),
+    ];
+    assert_eq!(
+        one(&points, "bg.task.dropped", &filter).value,
+        (4 * PER_THREAD) as f64
+    );
+    bg.idle().await;
+    assert_eq!(bg.snapshot().completed, 1);
+}
+
 #[tokio::test]
 async fn exported_metrics_match_the_table_exactly() {
     let metrics = Metrics::new();
