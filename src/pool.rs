@@ -72,7 +72,10 @@
 //!
 //! The lock is held for a few hundred nanoseconds at most: no await, no
 //! allocation except queue growth, no logging and no span work under it. A
-//! refused task takes it once, to be counted by name and reason.
+//! refused task takes it once, to be counted by name and reason and
+//! recorded in the recent drops; in a flood with no subscriber, only the
+//! first drop of a name in each tick of the coarse clock does, and the
+//! others add to an atomic counter (see [`Pool::fold_drop`]).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
