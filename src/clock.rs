@@ -33,12 +33,11 @@ pub(crate) fn coarse_tick() -> Option<u64> {
     None
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::coarse_tick;
 
     #[test]
-    #[cfg(target_os = "linux")]
     fn the_coarse_clock_never_goes_back_and_moves_on() {
         let first = coarse_tick().expect("Linux has a coarse clock");
         let mut last = first;

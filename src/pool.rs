@@ -1845,7 +1845,7 @@ impl BackgroundTx {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::Builder;
     use crate::clock::coarse_tick;
@@ -1866,7 +1866,6 @@ mod tests {
     /// exactly, and records one drop per task name and clock tick in the
     /// recent-drops ring: the next tick's first drop is recorded in full.
     #[test]
-    #[cfg(target_os = "linux")]
     fn repeated_drops_in_one_tick_are_counted_and_recorded_once() {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
