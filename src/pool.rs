@@ -98,8 +98,8 @@ use tokio::task::AbortHandle;
 
 use crate::report::ShutdownReport;
 use crate::stats::{
-    DepthHistory, DropCounts, DropRecord, PoolSnapshot, Ring, SlowRecord, Slowest, TaskStats,
-    WallClock,
+    DepthHistory, DropCounts, DropRecord, DroppedByReason, PoolSnapshot, Ring, SlowRecord, Slowest,
+    TaskStats, WallClock,
 };
 use crate::task::{BoxTask, CatchPanic, Envelope, Outcome, RunEnd, TaskOutput};
 use crate::telemetry::{self, names, Propagation, RunSpan, TaskAttributes, Telemetry};
@@ -1206,12 +1206,15 @@ impl Pool {
             .map(|(_, stats)| stats.snapshot(now))
             .collect();
         let sum = |field: fn(&crate::stats::TaskSnapshot) -> u64| tasks.iter().map(field).sum();
-        let mut dropped_by_reason = [0u64; 4];
-        for (_, stats) in &state.tasks {
-            for (total, count) in dropped_by_reason.iter_mut().zip(stats.dropped.by_reason()) {
-                *total += count;
-            }
-        }
+        // From the task snapshots, not the counters again: drop counts are
+        // atomics that a flood adds to without the lock, and the pool's
+        // totals must be the sums of the rows shown beside them.
+        let dropped_by_reason = DroppedByReason {
+            queue_full: sum(|t| t.dropped_by_reason.queue_full),
+            closed: sum(|t| t.dropped_by_reason.closed),
+            shutdown: sum(|t| t.dropped_by_reason.shutdown),
+            no_runtime: sum(|t| t.dropped_by_reason.no_runtime),
+        };
         PoolSnapshot {
             name: self.name.to_string(),
             capacity: self.capacity,
@@ -1222,8 +1225,8 @@ impl Pool {
             spawned: sum(|t| t.spawned),
             completed: sum(|t| t.completed),
             failed: sum(|t| t.failed),
-            dropped: dropped_by_reason.iter().sum(),
-            dropped_by_reason: dropped_by_reason.into(),
+            dropped: sum(|t| t.dropped),
+            dropped_by_reason,
             panicked: sum(|t| t.panicked),
             timed_out: sum(|t| t.timed_out),
             abandoned: sum(|t| t.abandoned),

@@ -81,6 +81,9 @@ impl TaskStats {
     }
 
     pub(crate) fn snapshot(&self, now: Instant) -> TaskSnapshot {
+        // One load of the atomics, so that the total is the sum of the
+        // reasons even while a flood adds to them.
+        let dropped = self.dropped.by_reason();
         TaskSnapshot {
             name: self.name.to_owned(),
             queued: self.queued,
@@ -88,8 +91,8 @@ impl TaskStats {
             spawned: self.spawned,
             completed: self.completed,
             failed: self.failed,
-            dropped: self.dropped_total(),
-            dropped_by_reason: DroppedByReason::from(self.dropped.by_reason()),
+            dropped: dropped.iter().sum(),
+            dropped_by_reason: DroppedByReason::from(dropped),
             panicked: self.panicked,
             timed_out: self.timed_out,
             abandoned: self.abandoned,

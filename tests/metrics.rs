@@ -135,7 +135,7 @@ async fn exact_counts_after_a_known_workload() {
 /// With no tracing subscriber, calls refused for a full queue in the same
 /// clock tick are counted without the pool's lock. From four threads at
 /// once every one of them is still counted, in the snapshot and in the
-/// exported `bg.task.dropped`.
+/// exported `bg.task.dropped`, and snapshots taken meanwhile add up.
 #[tokio::test]
 async fn a_flood_of_drops_from_four_threads_is_counted_exactly() {
     const PER_THREAD: u64 = 25_000;
@@ -150,13 +150,27 @@ async fn a_flood_of_drops_from_four_threads_is_counted_exactly() {
     // runner until the flood is over.
     bg.spawn("kept", async {});
     std::thread::scope(|scope| {
-        for _ in 0..4 {
-            let bg = bg.clone();
-            scope.spawn(move || {
-                for _ in 0..PER_THREAD {
-                    bg.spawn("flood", async {});
-                }
-            });
+        let floods: Vec<_> = (0..4)
+            .map(|_| {
+                let bg = bg.clone();
+                scope.spawn(move || {
+                    for _ in 0..PER_THREAD {
+                        bg.spawn("flood", async {});
+                    }
+                })
+            })
+            .collect();
+        // Snapshots taken during the flood add up: the pool's total, its
+        // reasons and its task rows come from one reading of the counters.
+        while !floods.iter().all(|flood| flood.is_finished()) {
+            let snapshot = bg.snapshot();
+            let reasons = snapshot.dropped_by_reason;
+            assert_eq!(
+                snapshot.dropped,
+                reasons.queue_full + reasons.closed + reasons.shutdown + reasons.no_runtime
+            );
+            let rows: u64 = snapshot.tasks.iter().map(|t| t.dropped).sum();
+            assert_eq!(snapshot.dropped, rows);
         }
     });
     let snapshot = bg.snapshot();
