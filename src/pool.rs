@@ -863,7 +863,9 @@ impl Pool {
         let reason = error.reason();
         let counts = &state.tasks[index].1.dropped;
         counts.add(reason);
-        let tick = (reason == DropReason::QueueFull)
+        // Only the drops `fold_drop` may fold later (a traced one never
+        // folds: it has a span and a trace id to record).
+        let tick = (reason == DropReason::QueueFull && !traced)
             .then(crate::clock::coarse_tick)
             .flatten();
         if let Some(tick) = tick {
