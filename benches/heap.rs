@@ -1,6 +1,7 @@
 //! Bytes of heap per queued task at capacity: 1,024 queued 16-byte futures
 //! in the seed's channel, in a bg-queue pool, and as pending `tokio::spawn`
-//! tasks. A counting allocator measures the net heap growth.
+//! tasks. A counting allocator measures the net heap growth; bg-queue's
+//! figure also counts the slots its inbox reserves when the pool is built.
 //!
 //! Run with `cargo bench --bench heap`.
 
@@ -45,8 +46,9 @@ const QUEUED: usize = 1024;
 /// Net heap growth per task while `queue` puts `QUEUED` 16-byte futures in
 /// the queue of something `prepare` built (not counted), on a
 /// current-thread runtime where nothing runs until the measurement is
-/// taken.
+/// taken; `reserved` bytes (queue storage taken up front) are added.
 fn per_task<T>(
+    reserved: isize,
     name: &str,
     prepare: impl FnOnce(&tokio::runtime::Runtime) -> T,
     queue: impl FnOnce(&tokio::runtime::Runtime, &T, Vec<Sixteen>),
@@ -69,9 +71,38 @@ fn per_task<T>(
     let after = NET_BYTES.load(Ordering::SeqCst);
     // The Vec that held the futures was freed by the moves into the queue.
     let vec_bytes = (QUEUED * std::mem::size_of::<Sixteen>()) as isize;
-    let bytes = (after - before + vec_bytes) as f64 / QUEUED as f64;
+    let bytes = (after - before + vec_bytes + reserved) as f64 / QUEUED as f64;
     println!("{name:<14} {bytes:>7.1} bytes per queued task");
     std::mem::forget(prepared);
+    std::mem::forget(runtime);
+    bytes
+}
+
+/// A pool of `capacity` places, built on `runtime`, its task name
+/// registered and its first task run, so its queue starts empty.
+fn pool(runtime: &tokio::runtime::Runtime, capacity: usize) -> bg_queue::BackgroundTx {
+    let pool = bg_queue::Builder::new("heap")
+        .capacity(capacity)
+        .runtime(runtime.handle().clone())
+        .build()
+        .unwrap();
+    // Register the task name (its stats are per name, not per task) and let
+    // that first task run.
+    pool.spawn("noop", async {});
+    runtime.block_on(pool.idle());
+    pool
+}
+
+/// The heap a pool of `capacity` places holds once built and idle.
+fn built_bytes(capacity: usize) -> isize {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let before = NET_BYTES.load(Ordering::SeqCst);
+    let built = pool(&runtime, capacity);
+    let bytes = NET_BYTES.load(Ordering::SeqCst) - before;
+    std::mem::forget(built);
     std::mem::forget(runtime);
     bytes
 }
@@ -82,6 +113,7 @@ fn main() {
         return;
     }
     let seed = per_task(
+        0,
         "seed",
         |runtime| {
             let _guard = runtime.enter();
@@ -93,27 +125,29 @@ fn main() {
             }
         },
     );
+    // What the pool reserves for its capacity when built: its inbox's
+    // slots (the rest of a pool's fixed heap is the same at capacity 1).
+    let reserved = built_bytes(QUEUED) - built_bytes(1);
+    println!(
+        "{:<14} {reserved:>7} bytes reserved at build for {QUEUED} places",
+        "bg-queue"
+    );
     let pool = per_task(
+        reserved,
         "bg-queue",
-        |runtime| {
-            let pool = bg_queue::Builder::new("heap")
-                .capacity(QUEUED)
-                .runtime(runtime.handle().clone())
-                .build()
-                .unwrap();
-            // Register the task name (its stats are per name, not per task)
-            // and let that first task run, so the queue starts empty.
-            pool.spawn("noop", async {});
-            runtime.block_on(pool.idle());
-            pool
-        },
+        |runtime| pool(runtime, QUEUED),
         |_, pool, tasks| {
             for task in tasks {
                 pool.try_spawn("noop", task).expect("room in the queue");
             }
+            // Into the queue, where a pool at capacity holds them (its
+            // runners absorb the inbox whenever they take the lock); the
+            // snapshot's own heap is freed with it.
+            assert_eq!(pool.snapshot().queued, QUEUED as u64);
         },
     );
     let raw = per_task(
+        0,
         "tokio::spawn",
         |_| (),
         |runtime, _, tasks| {

@@ -64,6 +64,7 @@ mod clock;
 mod debug_page;
 mod error;
 mod histogram;
+mod inbox;
 mod pool;
 mod report;
 mod stats;

@@ -83,7 +83,6 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -96,6 +95,7 @@ use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
+use crate::inbox;
 use crate::report::ShutdownReport;
 use crate::stats::{
     DepthHistory, DropCounts, DropRecord, DroppedByReason, PoolSnapshot, Ring, SlowRecord, Slowest,
@@ -113,6 +113,12 @@ pub const DEFAULT_PARALLELISM: usize = 8;
 pub const MAX_CAPACITY: usize = 1 << 24;
 /// Default pool name.
 pub const DEFAULT_POOL_NAME: &str = "default";
+/// Slots in a pool's inbox, at most: the capacity, rounded up to a power
+/// of two, up to this (88 bytes a slot, so 88 KiB at the default
+/// capacity, reserved when the pool is built). A larger pool's inbox can
+/// fill before its runners absorb it into the queue; the call that finds it
+/// full does.
+const INBOX_SLOTS: usize = 256;
 /// How often, at most, a pool logs its drop summary.
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// After the shutdown deadline, how long to wait for aborted runners to
@@ -390,7 +396,7 @@ impl Builder {
             .unwrap_or_else(|| opentelemetry::global::tracer_with_scope(scope()));
         let now = Instant::now();
         let name: Arc<str> = self.name.into();
-        let (inbox_tx, inbox_rx) = mpsc::channel();
+        let (inbox_tx, inbox_rx) = inbox::channel(self.capacity.min(INBOX_SLOTS));
         let pool = Arc::new(Pool {
             name_attribute: KeyValue::new(names::POOL_NAME, name.to_string()),
             name,
@@ -400,7 +406,8 @@ impl Builder {
             telemetry: Telemetry::new(self.propagation, self.run_span, tracer, &meter),
             state: Mutex::new(State {
                 inbox: inbox_rx,
-                // Grows on demand: an idle pool holds no queue storage.
+                // Grows on demand: an idle pool holds no queue storage (its
+                // inbox reserves up to `INBOX_SLOTS` slots up front).
                 queue: VecDeque::new(),
                 tasks: Vec::new(),
                 runners: Vec::with_capacity(self.parallelism),
@@ -479,7 +486,7 @@ struct RunnerSlot {
 
 pub(crate) struct State {
     /// Accepted tasks not yet absorbed into `queue`.
-    inbox: mpsc::Receiver<Envelope>,
+    inbox: inbox::Receiver<Envelope>,
     queue: VecDeque<Envelope>,
     tasks: Vec<(Arc<TaskAttributes>, TaskStats)>,
     runners: Vec<RunnerSlot>,
@@ -556,7 +563,7 @@ impl State {
     /// calls this first.
     fn absorb(&mut self, pool: &Arc<str>, now: Instant) {
         let mut absorbed = false;
-        while let Ok(mut envelope) = self.inbox.try_recv() {
+        while let Some(mut envelope) = self.inbox.recv() {
             let index = self.task_index(pool, envelope.name, now);
             envelope.task_index = index as u32;
             let stats = &mut self.tasks[index].1;
@@ -636,7 +643,7 @@ pub(crate) struct Pool {
     /// Notified when a runner exits (the pool may have become idle).
     idle: Notify,
     /// Where `spawn` sends accepted tasks, without the lock.
-    inbox: mpsc::Sender<Envelope>,
+    inbox: inbox::Sender<Envelope>,
     /// Accepted tasks not yet running (in the inbox, in the queue, or on
     /// their way into the inbox), plus the [`CLOSED`] bit. Incremented by
     /// `spawn` with a compare-and-swap (never past `capacity`), decremented
@@ -832,11 +839,23 @@ impl Pool {
             enqueued_at: now,
             parent,
         };
-        // The receiver lives as long as the pool (it is in `state`), and the
-        // pool outlives this call: the send cannot fail.
-        let _ = self.inbox.send(envelope);
+        self.send_to_inbox(envelope, now);
         self.ensure_runner(admitted, now);
         Ok(())
+    }
+
+    /// Sends an admitted task into the inbox. A pool whose capacity is
+    /// above [`INBOX_SLOTS`] can find it full (its runners have not taken
+    /// the lock for that many sends: typically its caller holds their
+    /// worker); the call then absorbs the inbox into the queue itself, once
+    /// per inbox's worth of calls. At or below that capacity, the admission
+    /// word keeps fewer tasks than the inbox's slots out of the queue, so
+    /// it is never full.
+    fn send_to_inbox(&self, mut envelope: Envelope, now: Instant) {
+        while let Err(inbox::Full(back)) = self.inbox.send(envelope) {
+            envelope = back;
+            drop(self.lock_absorbed(now));
+        }
     }
 
     /// Counts and reports a task that was not admitted, with `depth` the

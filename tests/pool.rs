@@ -474,6 +474,113 @@ fn dropping_the_runtime_accounts_for_every_queued_task() {
     assert_eq!(bg.try_spawn("later", async {}), Err(SpawnError::NoRuntime));
 }
 
+/// A pool whose capacity is above its inbox's 1,024 slots, on a
+/// current-thread runtime, so that no runner absorbs anything while the
+/// calls come: the calls that find the inbox full move it into the queue
+/// themselves. Every place is usable, the next call is refused, and one
+/// runner runs the tasks in the order they were spawned.
+#[test]
+fn a_pool_larger_than_its_inbox_fills_to_capacity_and_keeps_fifo_order() {
+    const CAPACITY: usize = 5_000;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let order = Arc::new(std::sync::Mutex::new(Vec::with_capacity(CAPACITY)));
+    let bg = runtime.block_on(async {
+        let bg = Builder::new("large")
+            .capacity(CAPACITY)
+            .parallelism(1)
+            .build()
+            .unwrap();
+        for i in 0..CAPACITY {
+            let order = order.clone();
+            bg.try_spawn("ordered", async move { order.lock().unwrap().push(i) })
+                .unwrap_or_else(|error| panic!("call {i} refused: {error}"));
+        }
+        assert_eq!(
+            bg.try_spawn("ordered", async {}),
+            Err(SpawnError::QueueFull)
+        );
+        let snapshot = bg.snapshot();
+        assert_eq!((snapshot.queued, snapshot.running), (CAPACITY as u64, 0));
+        assert!(snapshot.is_consistent());
+        bg.idle().await;
+        bg
+    });
+    let order = order.lock().unwrap();
+    assert!(
+        order.iter().copied().eq(0..CAPACITY),
+        "ran out of order: first misplaced at {:?}",
+        order.iter().enumerate().find(|(at, &i)| *at != i)
+    );
+    let snapshot = bg.snapshot();
+    assert_eq!(snapshot.completed, CAPACITY as u64);
+    assert_eq!(snapshot.dropped, 1);
+}
+
+/// Four threads spawn into a pool larger than its inbox while one runner
+/// takes tasks on the runtime: the inbox is emptied by the runner and, when
+/// the callers outrun it by 1,024 calls, by a caller (the test above forces
+/// that path). Nothing is lost or run twice, every call is
+/// either accepted or counted as a drop, and each thread's tasks run in the
+/// order it spawned them (one runner, a FIFO queue).
+#[test]
+fn concurrent_callers_into_a_pool_larger_than_its_inbox_lose_nothing() {
+    const THREADS: usize = 4;
+    const CALLS: usize = 25_000;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let bg = Builder::new("large")
+        .capacity(8_192)
+        .parallelism(1)
+        .runtime(runtime.handle().clone())
+        .build()
+        .unwrap();
+    let ran = Arc::new(std::sync::Mutex::new(vec![Vec::new(); THREADS]));
+    let start = Arc::new(std::sync::Barrier::new(THREADS));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|thread| {
+            let (bg, ran, start) = (bg.clone(), ran.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                let mut accepted = 0u64;
+                for seq in 0..CALLS {
+                    let ran = ran.clone();
+                    let task = async move { ran.lock().unwrap()[thread].push(seq) };
+                    match bg.try_spawn("caller", task) {
+                        Ok(()) => accepted += 1,
+                        Err(SpawnError::QueueFull) => {}
+                        Err(other) => panic!("unexpected refusal: {other}"),
+                    }
+                }
+                accepted
+            })
+        })
+        .collect();
+    let accepted: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    runtime.block_on(bg.idle());
+    let snapshot = bg.snapshot();
+    assert!(snapshot.is_consistent(), "{snapshot:?}");
+    assert_eq!(snapshot.spawned, accepted);
+    assert_eq!(snapshot.completed, accepted);
+    assert_eq!(
+        snapshot.spawned + snapshot.dropped,
+        (THREADS * CALLS) as u64
+    );
+    let ran = ran.lock().unwrap();
+    assert_eq!(ran.iter().map(Vec::len).sum::<usize>() as u64, accepted);
+    for (thread, seqs) in ran.iter().enumerate() {
+        assert!(
+            seqs.windows(2).all(|pair| pair[0] < pair[1]),
+            "thread {thread}'s tasks ran out of order or twice"
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn oldest_queued_age_grows_while_the_queue_is_blocked() {
     let bg = Builder::new("age").parallelism(1).build().unwrap();
