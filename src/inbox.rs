@@ -20,7 +20,7 @@
 //!
 //! The ring holds at most `len` values: a send that finds its slot still
 //! holding the previous lap's value gets its value back ([`Full`]), and the
-//! pool then empties the ring itself (`Pool::submit`). A receive that meets
+//! pool then empties the ring itself (`Pool::send_to_inbox`). A receive that meets
 //! a claimed slot whose value is not written yet waits for it, spinning then
 //! yielding, as `std::sync::mpsc` did: the sender is a few instructions from
 //! done, and every send that returned before a receive began is received.

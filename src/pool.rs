@@ -114,10 +114,9 @@ pub const MAX_CAPACITY: usize = 1 << 24;
 /// Default pool name.
 pub const DEFAULT_POOL_NAME: &str = "default";
 /// Slots in a pool's inbox, at most: the capacity, rounded up to a power
-/// of two, up to this (88 bytes a slot, so 88 KiB at the default
-/// capacity, reserved when the pool is built). A larger pool's inbox can
-/// fill before its runners absorb it into the queue; the call that finds it
-/// full does.
+/// of two, up to this (88 bytes a slot, so 22 KiB at the default capacity,
+/// reserved when the pool is built). A larger pool's inbox can fill before
+/// its runners absorb it into the queue; the call that finds it full does.
 const INBOX_SLOTS: usize = 256;
 /// How often, at most, a pool logs its drop summary.
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -196,6 +195,13 @@ struct CachedDrop {
     pool: u64,
     name: &'static str,
     counts: Arc<DropCounts>,
+}
+
+impl CachedDrop {
+    /// Whether this entry holds the counters of `name` in the pool `pool`.
+    fn is_for(&self, pool: u64, name: &'static str) -> bool {
+        self.pool == pool && std::ptr::eq(self.name, name)
+    }
 }
 
 /// A number that differs between live threads: the address of a
@@ -935,8 +941,7 @@ impl Pool {
                 };
                 match &*cache {
                     Some(cached)
-                        if cached.pool == self.id
-                            && std::ptr::eq(cached.name, name)
+                        if cached.is_for(self.id, name)
                             && cached.counts.recorded_tick() == tick =>
                     {
                         cached.counts.add(DropReason::QueueFull);
@@ -954,7 +959,7 @@ impl Pool {
         let _ = LAST_DROP.try_with(|cache| {
             if let Ok(mut cache) = cache.try_borrow_mut() {
                 match &mut *cache {
-                    Some(cached) if cached.pool == self.id && std::ptr::eq(cached.name, name) => {}
+                    Some(cached) if cached.is_for(self.id, name) => {}
                     slot => {
                         *slot = Some(CachedDrop {
                             pool: self.id,
