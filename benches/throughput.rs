@@ -1,9 +1,15 @@
 //! bg-queue against the seed module (copied in `benches/support/seed.rs`)
-//! and raw `tokio::spawn`, on a 2-worker multi-thread runtime.
+//! and raw `tokio::spawn`, on a 2-worker multi-thread runtime. The
+//! telemetry-off caller-cost rows also measure a floor
+//! (`benches/support/floor.rs`): the seed plus the two reads bg-queue's
+//! contract makes in every `spawn`, which bounds what any design that keeps
+//! the contract can reach against the seed.
 //!
 //! Run with `cargo bench --bench throughput`; figures and ratios are in
 //! BENCHMARKS.md.
 
+#[path = "support/floor.rs"]
+mod floor;
 #[path = "support/harness.rs"]
 mod harness;
 #[path = "support/seed.rs"]
@@ -12,7 +18,10 @@ mod seed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 use harness::{Latch, Mode, Setup, Sixteen, CHUNK, TASKS};
 use tracing::Instrument as _;
 
@@ -102,7 +111,7 @@ fn caller_cost(
     iters: u64,
     burst: u64,
     settle: Option<bg_queue::BackgroundTx>,
-    submit: Arc<dyn Fn(Sixteen) + Send + Sync>,
+    submit: Submit,
 ) -> Duration {
     let traced = setup.dispatch.is_some();
     setup.runtime.block_on(async {
@@ -172,48 +181,44 @@ fn spawn_cost_group(c: &mut Criterion, name: &str, burst: u64, settle: bool) {
     group.sample_size(20);
     for mode in [Mode::Off, Mode::Full] {
         let setup = Setup::new(mode);
+        let id = |implementation: &str| BenchmarkId::new(implementation, format!("{mode:?}"));
         let seed_tx = setup.runtime.block_on(async { seed::spawn_pool() });
-        group.bench_function(BenchmarkId::new("seed", format!("{mode:?}")), |b| {
-            let tx = seed_tx.clone();
-            b.iter_custom(|iters| {
-                let tx = tx.clone();
-                caller_cost(
-                    &setup,
-                    iters,
-                    burst,
-                    None,
-                    Arc::new(move |task| tx.spawn("noop", task)),
-                )
-            })
-        });
+        let submit: Submit = Arc::new(move |task| seed_tx.spawn("noop", task));
+        measure_caller(&mut group, id("seed"), &setup, burst, None, submit);
+        if mode == Mode::Off {
+            // The seed plus the reads bg-queue's contract makes per call:
+            // the lower bound for the telemetry-off target.
+            let floor_tx = setup.runtime.block_on(async { floor::spawn_pool() });
+            let submit: Submit = Arc::new(move |task| floor_tx.spawn("noop", task));
+            measure_caller(&mut group, id("floor"), &setup, burst, None, submit);
+        }
         let pool = setup.pool(1024, 8);
-        group.bench_function(BenchmarkId::new("bg-queue", format!("{mode:?}")), |b| {
-            b.iter_custom(|iters| {
-                let pool = pool.clone();
-                caller_cost(
-                    &setup,
-                    iters,
-                    burst,
-                    settle.then(|| pool.clone()),
-                    Arc::new(move |task| pool.spawn("noop", task)),
-                )
-            })
+        let settle = settle.then(|| pool.clone());
+        let submit: Submit = Arc::new(move |task| pool.spawn("noop", task));
+        measure_caller(&mut group, id("bg-queue"), &setup, burst, settle, submit);
+        let submit: Submit = Arc::new(|task| {
+            tokio::spawn(task);
         });
-        group.bench_function(BenchmarkId::new("tokio::spawn", format!("{mode:?}")), |b| {
-            b.iter_custom(|iters| {
-                caller_cost(
-                    &setup,
-                    iters,
-                    burst,
-                    None,
-                    Arc::new(|task| {
-                        tokio::spawn(task);
-                    }),
-                )
-            })
-        });
+        measure_caller(&mut group, id("tokio::spawn"), &setup, burst, None, submit);
     }
     group.finish();
+}
+
+/// How a caller-cost benchmark submits one task.
+type Submit = Arc<dyn Fn(Sixteen) + Send + Sync>;
+
+/// One caller-cost benchmark: [`caller_cost`] of `submit` as `id`.
+fn measure_caller(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    id: BenchmarkId,
+    setup: &Setup,
+    burst: u64,
+    settle: Option<bg_queue::BackgroundTx>,
+    submit: Submit,
+) {
+    group.bench_function(id, |b| {
+        b.iter_custom(|iters| caller_cost(setup, iters, burst, settle.clone(), Arc::clone(&submit)))
+    });
 }
 
 /// The drop path: 8 runners blocked forever and the queue full, so every
