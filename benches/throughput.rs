@@ -2,8 +2,8 @@
 //! and raw `tokio::spawn`, on a 2-worker multi-thread runtime. The
 //! telemetry-off caller-cost rows also measure a floor
 //! (`benches/support/floor.rs`): the seed plus the two reads bg-queue's
-//! contract makes in every `spawn`, which bounds what any design that keeps
-//! the contract can reach against the seed.
+//! contract makes in every `spawn`, which shows how much of the target
+//! those reads alone use.
 //!
 //! Run with `cargo bench --bench throughput`; figures and ratios are in
 //! BENCHMARKS.md.

@@ -1,6 +1,7 @@
-// A lower bound for the caller-cost rows, not a design: the seed module
+// A reference for the caller-cost rows, not a design: the seed module
 // (support/seed.rs) with the two reads that every bg-queue `spawn` makes by
-// contract added to its `spawn`, and nothing else.
+// contract added to its `spawn`, and nothing else. It says how much of the
+// telemetry-off target (2x the seed) those reads alone use.
 //
 // - The enqueue instant, from the clock the pool uses (tokio's, which is the
 //   OS's monotonic clock unless a test pauses it): queue wait, the oldest
