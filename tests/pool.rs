@@ -121,13 +121,19 @@ async fn invalid_settings_are_typed_errors_naming_the_pool() {
     }
 }
 
-#[test]
-fn spawn_from_plain_threads_runs_on_the_pool_runtime() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// A multi-thread runtime of two workers, as on the project's machine, for
+/// tests that drive it from plain threads.
+fn two_worker_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn spawn_from_plain_threads_runs_on_the_pool_runtime() {
+    let runtime = two_worker_runtime();
     let bg = Builder::new("threads")
         .runtime(runtime.handle().clone())
         .build()
@@ -474,7 +480,7 @@ fn dropping_the_runtime_accounts_for_every_queued_task() {
     assert_eq!(bg.try_spawn("later", async {}), Err(SpawnError::NoRuntime));
 }
 
-/// A pool whose capacity is above its inbox's 1,024 slots, on a
+/// A pool whose capacity is above its inbox's 256 slots, on a
 /// current-thread runtime, so that no runner absorbs anything while the
 /// calls come: the calls that find the inbox full move it into the queue
 /// themselves. Every place is usable, the next call is refused, and one
@@ -521,7 +527,7 @@ fn a_pool_larger_than_its_inbox_fills_to_capacity_and_keeps_fifo_order() {
 
 /// Four threads spawn into a pool larger than its inbox while one runner
 /// takes tasks on the runtime: the inbox is emptied by the runner and, when
-/// the callers outrun it by 1,024 calls, by a caller (the test above forces
+/// the callers outrun it by 256 calls, by a caller (the test above forces
 /// that path). Nothing is lost or run twice, every call is
 /// either accepted or counted as a drop, and each thread's tasks run in the
 /// order it spawned them (one runner, a FIFO queue).
@@ -529,11 +535,7 @@ fn a_pool_larger_than_its_inbox_fills_to_capacity_and_keeps_fifo_order() {
 fn concurrent_callers_into_a_pool_larger_than_its_inbox_lose_nothing() {
     const THREADS: usize = 4;
     const CALLS: usize = 25_000;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = two_worker_runtime();
     let bg = Builder::new("large")
         .capacity(8_192)
         .parallelism(1)
@@ -629,11 +631,7 @@ async fn several_named_pools_coexist() {
 fn a_task_spawned_while_the_last_runner_leaves_still_runs() {
     const ROUNDS: usize = 3_000;
     const THREADS: usize = 3;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = two_worker_runtime();
     let bg = runtime.block_on(async { Builder::new("handoff").parallelism(1).build().unwrap() });
     let start = Arc::new(std::sync::Barrier::new(THREADS + 1));
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
