@@ -192,7 +192,7 @@ fn spawn_cost_group(c: &mut Criterion, name: &str, burst: u64, settle: bool) {
             let submit: Submit = Arc::new(move |task| floor_tx.spawn("noop", task));
             measure_caller(&mut group, id("floor"), &setup, burst, None, submit);
         }
-        let pool = setup.pool(1024, 8);
+        let pool = setup.pool(1024, harness::caller_parallelism());
         let settle = settle.then(|| pool.clone());
         let submit: Submit = Arc::new(move |task| pool.spawn("noop", task));
         measure_caller(&mut group, id("bg-queue"), &setup, burst, settle, submit);

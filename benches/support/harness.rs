@@ -72,13 +72,27 @@ pub enum Mode {
 /// `BENCH_WORKERS` says otherwise (1 shows a caller's cost when no runner
 /// can run beside it; see BENCHMARKS.md).
 fn workers() -> usize {
-    match std::env::var("BENCH_WORKERS") {
+    positive_from_env("BENCH_WORKERS", 2)
+}
+
+/// The parallelism of bg-queue's pools in the caller-cost rows: 8, the
+/// seed's, unless `BENCH_PARALLELISM` says otherwise (1 leaves no runner to
+/// spare for the other core during a burst; see BENCHMARKS.md, "Runners
+/// beside the producer").
+pub fn caller_parallelism() -> usize {
+    positive_from_env("BENCH_PARALLELISM", 8)
+}
+
+/// The positive integer in the environment variable `name`, or `default`
+/// if it is not set; a benchmark run with a bad value stops at once.
+fn positive_from_env(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
         Ok(value) => value
             .parse()
             .ok()
-            .filter(|&workers| workers > 0)
-            .unwrap_or_else(|| panic!("BENCH_WORKERS must be a positive integer, not {value:?}")),
-        Err(_) => 2,
+            .filter(|&parsed| parsed > 0)
+            .unwrap_or_else(|| panic!("{name} must be a positive integer, not {value:?}")),
+        Err(_) => default,
     }
 }
 
