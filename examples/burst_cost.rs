@@ -74,8 +74,7 @@ fn main() -> ExitCode {
     let pool = setup.pool(1024, parallelism);
     println!("bursts of {BURST}, {bursts} per round, bg-queue parallelism {parallelism}");
     for round in 1..=3 {
-        let tx = seed_tx.clone();
-        let seed = seed_bursts(&setup, bursts, move |task| tx.spawn("noop", task));
+        let seed = seed_bursts(&setup, bursts, seed_tx.clone());
         let bg = pool_bursts(&setup, bursts, pool.clone());
         let seed_median = median(seed);
         let bg_median = median(bg.iter().map(|burst| burst.per_call).collect());
@@ -95,30 +94,34 @@ fn main() -> ExitCode {
                 continue;
             }
             group.sort_unstable();
+            let middle = group[group.len() / 2];
             let p90 = group[group.len() * 9 / 10];
             println!(
-                "  started during the burst {label:>7}: {:>5} bursts, median {:>4} ns ({:.2}x the seed), p90 {p90} ns",
+                "  started during the burst {label:>7}: {:>5} bursts, median {middle:>4} ns ({:.2}x the seed), p90 {p90} ns",
                 group.len(),
-                group[group.len() / 2],
-                group[group.len() / 2] as f64 / seed_median as f64,
+                middle as f64 / seed_median as f64,
             );
         }
     }
     ExitCode::SUCCESS
 }
 
-/// The seed's bursts: nanoseconds per call of each (the first quarter, a
-/// warm-up, left out).
-fn seed_bursts(
+/// Runs `bursts` bursts of [`BURST`] calls to `submit` from a task on a
+/// worker, after a warm-up of a quarter as many again (not returned), each
+/// burst waited for before the next. `started` is asked after each burst,
+/// outside the timed part, with the number of earlier bursts.
+fn run_bursts(
     setup: &Setup,
     bursts: usize,
     submit: impl Fn(Sixteen) + Send + 'static,
-) -> Vec<u64> {
+    started: impl Fn(usize) -> u64 + Send + 'static,
+) -> Vec<Burst> {
     setup.runtime.block_on(async move {
         tokio::spawn(async move {
             let latch = Latch::new();
+            let warm_up = bursts / 4;
             let mut costs = Vec::with_capacity(bursts);
-            for burst in 0..bursts + bursts / 4 {
+            for burst in 0..warm_up + bursts {
                 let start = Instant::now();
                 for _ in 0..BURST {
                     submit(Sixteen {
@@ -126,57 +129,42 @@ fn seed_bursts(
                         pad: 0,
                     });
                 }
-                let per_call = per_call(start);
+                let per_call =
+                    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX) / BURST as u64;
+                let started = started(burst);
                 latch.wait_for((burst + 1) * BURST).await;
-                if burst >= bursts / 4 {
-                    costs.push(per_call);
-                }
-            }
-            costs
-        })
-        .await
-        .expect("the seed's bursts panicked")
-    })
-}
-
-/// bg-queue's bursts, each with the tasks its runners started during it.
-fn pool_bursts(setup: &Setup, bursts: usize, pool: bg_queue::BackgroundTx) -> Vec<Burst> {
-    setup.runtime.block_on(async move {
-        tokio::spawn(async move {
-            let latch = Latch::new();
-            let mut costs = Vec::with_capacity(bursts);
-            let before = pool.snapshot().spawned;
-            for burst in 0..bursts + bursts / 4 {
-                let start = Instant::now();
-                for _ in 0..BURST {
-                    pool.spawn(
-                        "noop",
-                        Sixteen {
-                            latch: latch.clone(),
-                            pad: 0,
-                        },
-                    );
-                }
-                let per_call = per_call(start);
-                // Every earlier task has finished (the latch said so), so
-                // what is not queued of this burst has been started.
-                let snapshot = pool.snapshot();
-                let earlier = before + (burst * BURST) as u64;
-                let started = snapshot.spawned - snapshot.queued - earlier;
-                latch.wait_for((burst + 1) * BURST).await;
-                if burst >= bursts / 4 {
+                if burst >= warm_up {
                     costs.push(Burst { per_call, started });
                 }
             }
             costs
         })
         .await
-        .expect("bg-queue's bursts panicked")
+        .expect("the bursts panicked")
     })
 }
 
-fn per_call(start: Instant) -> u64 {
-    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX) / BURST as u64
+/// The seed's bursts (nobody can see when its drainer starts a task).
+fn seed_bursts(setup: &Setup, bursts: usize, tx: seed::BackgroundTx) -> Vec<u64> {
+    let bursts = run_bursts(setup, bursts, move |task| tx.spawn("noop", task), |_| 0);
+    bursts.into_iter().map(|burst| burst.per_call).collect()
+}
+
+/// bg-queue's bursts, each with the tasks its runners started during it.
+fn pool_bursts(setup: &Setup, bursts: usize, pool: bg_queue::BackgroundTx) -> Vec<Burst> {
+    let before = pool.snapshot().spawned;
+    let submitter = pool.clone();
+    run_bursts(
+        setup,
+        bursts,
+        move |task| submitter.spawn("noop", task),
+        move |earlier| {
+            // Every earlier task has finished (the latch said so), so what
+            // is not queued of this burst has been started.
+            let snapshot = pool.snapshot();
+            snapshot.spawned - snapshot.queued - (before + (earlier * BURST) as u64)
+        },
+    )
 }
 
 fn median(mut values: Vec<u64>) -> u64 {
