@@ -1036,23 +1036,34 @@ impl Pool {
     /// (or wakes) runners for them, up to `parallelism`, before that task
     /// runs (it may run long). Runners that linger or are pending count.
     /// Whether it launched any.
+    ///
+    /// The tasks still waiting are read again before each launch, never
+    /// more than `waiting`: while the runtime shuts down, it drops each new
+    /// runner inside `spawn`, and that runner's guard gives its place back
+    /// and abandons the queue. Counted against the figure the caller read,
+    /// that place would be claimed again at once, for ever, and the worker
+    /// would spin instead of shutting down (a runtime dropped with tasks
+    /// queued hung at full CPU).
     fn fan_out(self: &Arc<Self>, waiting: u64) -> bool {
         let limit = self.runner_limit();
         let mut launched = false;
-        while let Ok(previous) =
-            self.runners
+        loop {
+            let waiting = waiting.min(self.admitted());
+            let claimed = self
+                .runners
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |word| {
                     if lingering(word) + pending(word) >= waiting {
                         None
                     } else {
                         claim_runner(word, limit)
                     }
-                })
-        {
+                });
+            let Ok(previous) = claimed else {
+                return launched;
+            };
             self.launch(previous);
             launched = true;
         }
-        launched
     }
 
     /// Spawns an empty task on the pool's runtime: from a worker thread, it
@@ -1878,6 +1889,9 @@ impl BackgroundTx {
 mod tests {
     use super::Builder;
     use crate::clock::coarse_tick;
+    use crate::SpawnError;
+    use std::sync::Arc;
+    use std::time::Duration;
 
     /// Spins (in clock reads, not time) until the coarse clock moves on.
     fn next_tick() -> u64 {
@@ -1889,6 +1903,50 @@ mod tests {
             }
         }
         panic!("the coarse clock did not move");
+    }
+
+    /// A runner that took a task while others waited fans out with the
+    /// count it read, which may be stale by then. Once the runtime is
+    /// shutting down, every runner `fan_out` starts is dropped inside
+    /// `spawn`, and its guard closes the pool and abandons the queue.
+    /// `fan_out` must then stop, not claim the freed place again for tasks
+    /// that are gone: it did, for ever (a benchmark's runtime drop hung at
+    /// full CPU).
+    #[test]
+    fn fan_out_stops_for_tasks_that_are_gone() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let handle = runtime.handle().clone();
+        let bg = Builder::new("gone")
+            .runtime(handle.clone())
+            .build()
+            .unwrap();
+        runtime.shutdown_background();
+        // The worker closes the runtime's task list as it shuts down; from
+        // then on a spawned task is dropped inside `spawn`.
+        while !handle.spawn(std::future::pending::<()>()).is_finished() {
+            std::thread::yield_now();
+        }
+        let (done, finished) = std::sync::mpsc::channel();
+        let pool = Arc::clone(&bg.pool);
+        std::thread::spawn(move || {
+            // Three tasks waited when this runner looked; none does now.
+            let _ = done.send(pool.fan_out(3));
+        });
+        let launched = finished
+            .recv_timeout(Duration::from_secs(30))
+            .expect("fan_out still launching runners after 30 s");
+        assert!(!launched, "a runner launched for no task");
+        assert!(bg.snapshot().accepting, "nothing closed the pool");
+        // A task spawned now starts a runner, which the runtime drops: its
+        // guard closes the pool, and the task is abandoned, not lost.
+        assert_eq!(bg.try_spawn("late", async {}), Ok(()));
+        let snapshot = bg.snapshot();
+        assert!(!snapshot.accepting);
+        assert_eq!(snapshot.abandoned, 1);
+        assert_eq!(bg.try_spawn("later", async {}), Err(SpawnError::NoRuntime));
     }
 
     /// Without a subscriber, a flood of `queue_full` drops is counted
