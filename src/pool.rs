@@ -9,11 +9,14 @@
 //! burst of `spawn` calls does not contend with the runners.
 //!
 //! Everything else lives under one mutex: the FIFO queue, the per-task
-//! counters, the runner registry. Whoever takes the lock first moves what
-//! arrived in the inbox into the queue and counts it `spawned` and `queued`
-//! ("absorbs" it), so every snapshot is a consistent cut: the invariant holds
-//! exactly in each one, and a `spawn` that returned before the snapshot is in
-//! it. Capacity is exact too: the admission word never exceeds `capacity`.
+//! counters, the runner registry. Every reader of the counters (a snapshot,
+//! `idle`, shutdown) first moves what arrived in the inbox into the queue
+//! and counts it `spawned` and `queued` ("absorbs" it), so every snapshot is
+//! a consistent cut: the invariant holds exactly in each one, and a `spawn`
+//! that returned before the snapshot is in it. A runner absorbs only when
+//! the queue has run dry or the inbox holds half its slots: a look at the
+//! inbox reads the lines a producer on another core is writing. Capacity is
+//! exact too: the admission word never exceeds `capacity`.
 //!
 //! No wakeup can be lost (the failure of a separate semaphore plus channel):
 //! a producer increments the admission word *then* reads the runner word; a
@@ -1501,7 +1504,16 @@ async fn run_loop(mut guard: RunnerGuard) {
                 .pending
                 .as_ref()
                 .map_or_else(Instant::now, |finished| finished.ended);
-            let mut state = pool.lock_absorbed(now);
+            // The inbox is absorbed only once the queue has run dry (or,
+            // below, when it holds half its slots): every look at it reads
+            // the lines a producer on another core is writing, and a look
+            // per task made each of a burst's calls wait for them
+            // (BENCHMARKS.md, "Runners absorb the inbox in batches"). The
+            // order is still FIFO: the queue's tasks came before the inbox's.
+            let mut state = pool.lock();
+            if state.queue.is_empty() {
+                state.absorb(&pool.name, now);
+            }
             if let Some(finished) = guard.pending.take() {
                 state.record_finished(finished, now);
             }
@@ -1512,8 +1524,16 @@ async fn run_loop(mut guard: RunnerGuard) {
                     // What it returns includes tasks admitted and still on
                     // their way into the inbox, which the queue misses.
                     let waiting = (pool.admission.fetch_sub(1, Ordering::SeqCst) & !CLOSED) - 1;
+                    // Tasks in the inbox (or on their way into it): absorb
+                    // them before it fills, which would make `spawn` do it.
+                    let unabsorbed = waiting.saturating_sub(state.queue.len() as u64);
+                    if unabsorbed >= INBOX_SLOTS as u64 / 2 {
+                        state.absorb(&pool.name, now);
+                    }
                     state.running += 1;
-                    let depth = state.queue.len();
+                    // The depth counts the inbox too: it is not absorbed
+                    // after every task.
+                    let depth = usize::try_from(waiting).unwrap_or(usize::MAX);
                     state.depth_history.record(depth, now);
                     let index = envelope.task_index as usize;
                     let (attrs, stats) = &mut state.tasks[index];
