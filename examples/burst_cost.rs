@@ -21,7 +21,7 @@
 //! Per round it prints the median cost per call of each, then bg-queue's
 //! bursts grouped by how many tasks were started during them (read from
 //! [`bg_queue::PoolSnapshot`] after each burst, outside the timed part).
-//! BENCHMARKS.md ("Runners beside the producer") has the figures.
+//! docs/benchmarks-log.md ("Runners beside the producer") has the figures.
 
 #[path = "../benches/support/harness.rs"]
 mod harness;

@@ -18,8 +18,9 @@
 //! queue, to be stolen: this counts the rounds in which nobody stole it.
 //! With `yield` the spinning task yields once first, so its own worker runs
 //! `X` from the LIFO slot: no round should stall. Run it with other load on
-//! the machine (a stall needs a particular interleaving); BENCHMARKS.md has
-//! the figures. Prints one line: mode, rounds, stalled rounds.
+//! the machine (a stall needs a particular interleaving);
+//! docs/benchmarks-log.md ("Runners yield into the run queue") has the
+//! figures. Prints one line: mode, rounds, stalled rounds.
 
 use std::future::poll_fn;
 use std::process::ExitCode;

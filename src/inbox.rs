@@ -5,7 +5,7 @@
 //! It replaces `std::sync::mpsc`, whose list channel allocated a block of
 //! 31 slots (about 3 KiB) every 31 sends on the caller's thread and freed it
 //! on the consumer's, and spent about 300 instructions per send in all
-//! (BENCHMARKS.md, "Where the time goes"). Here a send is one
+//! (docs/benchmarks-log.md, "Where the time goes"). Here a send is one
 //! compare-and-swap on the tail, a copy into the slot and one store, and
 //! nothing is allocated after [`channel`].
 //!

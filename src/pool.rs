@@ -61,7 +61,7 @@
 //! anything: tokio can leave a stealable task unstolen while a task holds
 //! its worker (`examples/unstolen.rs`: raw tokio tasks in this pattern
 //! stalled for a second in 3 of 6,000 rounds of a debug build under load,
-//! none with the yield; BENCHMARKS.md).
+//! none with the yield; docs/benchmarks-log.md).
 //!
 //! Runners are ordinary tokio tasks, so a producer that submits in a loop
 //! without yielding cannot hide them the way it hid the seed's single
@@ -1508,7 +1508,7 @@ async fn run_loop(mut guard: RunnerGuard) {
             // below, when it holds half its slots): every look at it reads
             // the lines a producer on another core is writing, and a look
             // per task made each of a burst's calls wait for them
-            // (BENCHMARKS.md, "Runners absorb the inbox in batches"). The
+            // (docs/benchmarks-log.md, "Runners absorb the inbox in batches"). The
             // order is still FIFO: the queue's tasks came before the inbox's.
             let mut state = pool.lock();
             if state.queue.is_empty() {
