@@ -1508,8 +1508,9 @@ async fn run_loop(mut guard: RunnerGuard) {
             // below, when it holds half its slots): every look at it reads
             // the lines a producer on another core is writing, and a look
             // per task made each of a burst's calls wait for them
-            // (docs/benchmarks-log.md, "Runners absorb the inbox in batches"). The
-            // order is still FIFO: the queue's tasks came before the inbox's.
+            // (docs/benchmarks-log.md, "Runners absorb the inbox in
+            // batches"). The order is still FIFO: the queue's tasks came
+            // before the inbox's.
             let mut state = pool.lock();
             if state.queue.is_empty() {
                 state.absorb(&pool.name, now);

@@ -859,8 +859,8 @@ async fn hog(release: Arc<std::sync::atomic::AtomicBool>) {
 /// Awaits `future` for at most `limit` while spawning an empty tokio task
 /// every millisecond from this thread, as a service's other traffic would.
 /// Tokio can leave a task in its global or run queue while its only free
-/// worker stays parked (its notification lost; docs/benchmarks-log.md, "Runners
-/// yield into the run queue"); on a worker held by a task that never
+/// worker stays parked (its notification lost; docs/benchmarks-log.md,
+/// "Runners yield into the run queue"); on a worker held by a task that never
 /// yields, that lasts until the task ends. A new task pushed onto the
 /// global queue wakes a parked worker again, which then searches every
 /// queue. A task that nobody started a runner for still never runs.

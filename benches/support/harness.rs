@@ -77,8 +77,8 @@ fn workers() -> usize {
 
 /// The parallelism of bg-queue's pools in the caller-cost rows: 8, the
 /// seed's, unless `BENCH_PARALLELISM` says otherwise (1 leaves no runner to
-/// spare for the other core during a burst; see docs/benchmarks-log.md, "Runners
-/// beside the producer").
+/// spare for the other core during a burst; see docs/benchmarks-log.md,
+/// "Runners beside the producer").
 pub fn caller_parallelism() -> usize {
     positive_from_env("BENCH_PARALLELISM", 8)
 }
