@@ -28,10 +28,14 @@
 //! subscribers other than the OpenTelemetry layer no longer see `bg.run`.
 
 use std::borrow::Cow;
+#[cfg(feature = "bound-metrics")]
+use std::sync::OnceLock;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::global::BoxedTracer;
+#[cfg(feature = "bound-metrics")]
+use opentelemetry::metrics::BoundHistogram;
 use opentelemetry::metrics::{Histogram, Meter};
 use opentelemetry::trace::{Link, Span as _, Status, TraceContextExt, TraceId, Tracer as _};
 use opentelemetry::{Context, KeyValue};
@@ -231,7 +235,23 @@ pub(crate) struct TaskAttributes {
     run_span_name: &'static str,
     pool_task: Vec<KeyValue>,
     by_outcome: Vec<Vec<KeyValue>>,
+    /// The two histograms bound to the sets above, each at its first
+    /// record: outside the pool's lock (binding calls into the meter), and
+    /// not before, because the SDK exports a bound set from the moment it
+    /// is bound, with a count of 0 if nothing was recorded, where an
+    /// unbound one appears at its first record. Only the pool that made
+    /// these attributes records through them, so they are always bound to
+    /// that pool's instruments.
+    #[cfg(feature = "bound-metrics")]
+    bound_wait: OnceLock<BoundHistogram<f64>>,
+    /// Indexed as `by_outcome`.
+    #[cfg(feature = "bound-metrics")]
+    bound_duration: [OnceLock<BoundHistogram<f64>>; OUTCOME_SETS],
 }
+
+/// Attribute sets in `TaskAttributes::by_outcome`: the run outcomes and
+/// `abandoned`.
+const OUTCOME_SETS: usize = Outcome::RUN_OUTCOMES.len() + 1;
 
 impl TaskAttributes {
     pub(crate) fn new(pool: &Arc<str>, name: &'static str) -> Self {
@@ -257,15 +277,19 @@ impl TaskAttributes {
             run_span_name: Box::leak(format!("run {name}").into_boxed_str()),
             pool_task,
             by_outcome,
+            #[cfg(feature = "bound-metrics")]
+            bound_wait: OnceLock::new(),
+            #[cfg(feature = "bound-metrics")]
+            bound_duration: Default::default(),
         }
     }
+}
 
-    fn outcome_set(&self, outcome: Outcome) -> &[KeyValue] {
-        let index = match outcome {
-            Outcome::Abandoned => 4,
-            other => other.run_index(),
-        };
-        &self.by_outcome[index]
+/// Where an outcome's attribute set is in `TaskAttributes::by_outcome`.
+fn outcome_index(outcome: Outcome) -> usize {
+    match outcome {
+        Outcome::Abandoned => OUTCOME_SETS - 1,
+        other => other.run_index(),
     }
 }
 
@@ -616,12 +640,25 @@ impl Telemetry {
     }
 
     pub(crate) fn record_wait(&self, attrs: &TaskAttributes, wait: Duration) {
-        self.wait.record(wait.as_secs_f64(), &attrs.pool_task);
+        let seconds = wait.as_secs_f64();
+        #[cfg(feature = "bound-metrics")]
+        attrs
+            .bound_wait
+            .get_or_init(|| self.wait.bind(&attrs.pool_task))
+            .record(seconds);
+        #[cfg(not(feature = "bound-metrics"))]
+        self.wait.record(seconds, &attrs.pool_task);
     }
 
     pub(crate) fn record_duration(&self, attrs: &TaskAttributes, outcome: Outcome, run: Duration) {
-        self.duration
-            .record(run.as_secs_f64(), attrs.outcome_set(outcome));
+        let seconds = run.as_secs_f64();
+        let index = outcome_index(outcome);
+        #[cfg(feature = "bound-metrics")]
+        attrs.bound_duration[index]
+            .get_or_init(|| self.duration.bind(&attrs.by_outcome[index]))
+            .record(seconds);
+        #[cfg(not(feature = "bound-metrics"))]
+        self.duration.record(seconds, &attrs.by_outcome[index]);
     }
 }
 

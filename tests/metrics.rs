@@ -114,6 +114,28 @@ async fn exact_counts_after_a_known_workload() {
     // the release, which is bounded by the whole test).
     assert!(blockers.value >= 0.040, "{}", blockers.value);
     assert!(blockers.value <= 2.0 * (blocker_time.as_secs_f64() + 1.0));
+    // A series only for an outcome that happened: no zero-count points
+    // (with `bound-metrics` the SDK exports a set from the moment it is
+    // bound, so each is bound at its first record, not all at once).
+    let mut series: Vec<(String, String)> = find(&points, "bg.task.duration", &[])
+        .iter()
+        .map(|p| {
+            assert!(p.count > 0, "an empty duration series: {p:?}");
+            let attr = |key| p.attr(key).unwrap().to_owned();
+            (attr("bg.task.name"), attr("bg.task.outcome"))
+        })
+        .collect();
+    series.sort();
+    let expected = [
+        ("blocker", "ok"),
+        ("email", "ok"),
+        ("subscribe", "failed"),
+        ("subscribe", "panicked"),
+    ];
+    assert_eq!(series, expected.map(|(n, o)| (n.to_owned(), o.to_owned())));
+    assert!(find(&points, "bg.task.wait", &[])
+        .iter()
+        .all(|p| p.count > 0));
 
     // Every started task recorded its wait once.
     let waits: u64 = find(&points, "bg.task.wait", &[("bg.pool.name", "jobs")])
