@@ -47,7 +47,10 @@ fn drive(setup: &Setup, submit: Arc<dyn Fn(Sixteen) + Send + Sync>) {
 }
 
 fn throughput(c: &mut Criterion) {
-    for mode in [Mode::Off, Mode::Metrics, Mode::Full] {
+    // `FullLean`: row 3 with the lean `tracing-opentelemetry` layer, an
+    // application's choice (no location, thread, target or busy/idle
+    // attributes), as the instructions benchmark counts it.
+    for mode in [Mode::Off, Mode::Metrics, Mode::Full, Mode::FullLean] {
         let setup = Setup::new(mode);
         let mut group = c.benchmark_group(format!("throughput_100k/{mode:?}"));
         group.throughput(Throughput::Elements(TASKS as u64));
@@ -69,7 +72,7 @@ fn throughput(c: &mut Criterion) {
                 drive(&setup, Arc::new(move |task| pool.spawn("noop", task)))
             })
         });
-        if mode == Mode::Full {
+        if matches!(mode, Mode::Full | Mode::FullLean) {
             // The opt-in: `bg.run` through the OpenTelemetry API.
             let pool = setup
                 .builder(1024, 8)
