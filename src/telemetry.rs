@@ -234,24 +234,33 @@ pub(crate) struct TaskAttributes {
     task_span_name: &'static str,
     run_span_name: &'static str,
     pool_task: Vec<KeyValue>,
-    by_outcome: Vec<Vec<KeyValue>>,
-    /// The two histograms bound to the sets above, each at its first
-    /// record: outside the pool's lock (binding calls into the meter), and
-    /// not before, because the SDK exports a bound set from the moment it
-    /// is bound, with a count of 0 if nothing was recorded, where an
-    /// unbound one appears at its first record. Only the pool that made
-    /// these attributes records through them, so they are always bound to
-    /// that pool's instruments.
-    #[cfg(feature = "bound-metrics")]
-    bound_wait: OnceLock<BoundHistogram<f64>>,
-    /// Indexed as `by_outcome`.
-    #[cfg(feature = "bound-metrics")]
-    bound_duration: [OnceLock<BoundHistogram<f64>>; OUTCOME_SETS],
+    /// How `bg.task.wait` records into `pool_task`.
+    wait_recorder: SetRecorder,
+    /// Per outcome (the run outcomes, then `abandoned`; see
+    /// [`outcome_index`]): its attribute set, and how `bg.task.duration`
+    /// records into it.
+    by_outcome: Vec<(Vec<KeyValue>, SetRecorder)>,
 }
 
-/// Attribute sets in `TaskAttributes::by_outcome`: the run outcomes and
-/// `abandoned`.
-const OUTCOME_SETS: usize = Outcome::RUN_OUTCOMES.len() + 1;
+/// How a histogram records into one attribute set. With `bound-metrics`,
+/// through a handle bound to the set at its first record: outside the
+/// pool's lock (binding calls into the meter), and not before, because the
+/// SDK exports a bound set from the moment it is bound, with a count of 0 if
+/// nothing was recorded, where an unbound one appears at its first record.
+/// Only the pool that made a [`TaskAttributes`] records through it, so the
+/// handle is always bound to that pool's instrument. Without the feature,
+/// nothing: the set goes with every record.
+#[derive(Default)]
+struct SetRecorder(#[cfg(feature = "bound-metrics")] OnceLock<BoundHistogram<f64>>);
+
+impl SetRecorder {
+    fn record(&self, histogram: &Histogram<f64>, set: &[KeyValue], value: f64) {
+        #[cfg(feature = "bound-metrics")]
+        self.0.get_or_init(|| histogram.bind(set)).record(value);
+        #[cfg(not(feature = "bound-metrics"))]
+        histogram.record(value, set);
+    }
+}
 
 impl TaskAttributes {
     pub(crate) fn new(pool: &Arc<str>, name: &'static str) -> Self {
@@ -266,7 +275,7 @@ impl TaskAttributes {
             .map(|outcome| {
                 let mut set = pool_task.clone();
                 set.push(KeyValue::new(names::TASK_OUTCOME, outcome.as_str()));
-                set
+                (set, SetRecorder::default())
             })
             .collect();
         // Leaked once per (pool, task name): names are `&'static str`, so
@@ -276,11 +285,8 @@ impl TaskAttributes {
             task_span_name: Box::leak(format!("bg {name}").into_boxed_str()),
             run_span_name: Box::leak(format!("run {name}").into_boxed_str()),
             pool_task,
+            wait_recorder: SetRecorder::default(),
             by_outcome,
-            #[cfg(feature = "bound-metrics")]
-            bound_wait: OnceLock::new(),
-            #[cfg(feature = "bound-metrics")]
-            bound_duration: Default::default(),
         }
     }
 }
@@ -288,7 +294,7 @@ impl TaskAttributes {
 /// Where an outcome's attribute set is in `TaskAttributes::by_outcome`.
 fn outcome_index(outcome: Outcome) -> usize {
     match outcome {
-        Outcome::Abandoned => OUTCOME_SETS - 1,
+        Outcome::Abandoned => Outcome::RUN_OUTCOMES.len(),
         other => other.run_index(),
     }
 }
@@ -640,25 +646,14 @@ impl Telemetry {
     }
 
     pub(crate) fn record_wait(&self, attrs: &TaskAttributes, wait: Duration) {
-        let seconds = wait.as_secs_f64();
-        #[cfg(feature = "bound-metrics")]
         attrs
-            .bound_wait
-            .get_or_init(|| self.wait.bind(&attrs.pool_task))
-            .record(seconds);
-        #[cfg(not(feature = "bound-metrics"))]
-        self.wait.record(seconds, &attrs.pool_task);
+            .wait_recorder
+            .record(&self.wait, &attrs.pool_task, wait.as_secs_f64());
     }
 
     pub(crate) fn record_duration(&self, attrs: &TaskAttributes, outcome: Outcome, run: Duration) {
-        let seconds = run.as_secs_f64();
-        let index = outcome_index(outcome);
-        #[cfg(feature = "bound-metrics")]
-        attrs.bound_duration[index]
-            .get_or_init(|| self.duration.bind(&attrs.by_outcome[index]))
-            .record(seconds);
-        #[cfg(not(feature = "bound-metrics"))]
-        self.duration.record(seconds, &attrs.by_outcome[index]);
+        let (set, recorder) = &attrs.by_outcome[outcome_index(outcome)];
+        recorder.record(&self.duration, set, run.as_secs_f64());
     }
 }
 
