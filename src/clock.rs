@@ -1,7 +1,7 @@
 //! A cheap, coarse clock for the drop path.
 //!
-//! `Instant::now()` costs about 30 ns on a virtual machine, more than the
-//! seed's whole drop path. A flood of refused calls only needs to know
+//! `Instant::now()` costs about 30 ns on a virtual machine, as much as a
+//! whole refused `spawn` should. A flood of refused calls only needs to know
 //! whether the clock has moved on since the last drop it recorded in full;
 //! Linux's `CLOCK_MONOTONIC_COARSE` answers that in a few nanoseconds, with
 //! the resolution of the kernel's tick (1-10 ms, 4 ms on most builds).

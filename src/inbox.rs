@@ -2,33 +2,45 @@
 //! without a lock, and that one consumer (whoever holds the pool's lock)
 //! empties into the queue.
 //!
-//! It replaces `std::sync::mpsc`, whose list channel allocated a block of
-//! 31 slots (about 3 KiB) every 31 sends on the caller's thread and freed it
-//! on the consumer's, and spent about 300 instructions per send in all
-//! (docs/benchmarks-log.md, "Where the time goes"). Here a send is one
-//! compare-and-swap on the tail, a copy into the slot and one store, and
-//! nothing is allocated after [`channel`].
+//! # Guarantees
 //!
-//! Each slot carries a *stamp* (the scheme of Dmitry Vyukov's bounded
-//! queue): for the slot at position `pos` (counted from 0 forever, slot
-//! `pos % len`), the stamp is `pos` while the slot is free for that
-//! position's sender, `pos + 1` once the value is written, and `pos + len`
-//! once the consumer has taken it, which frees the slot for the next lap.
-//! A sender claims a position by advancing the tail, writes the value, then
-//! publishes the stamp (release); the consumer reads the stamp (acquire)
-//! before the value, and publishes the next lap's stamp after it.
+//! - A send never blocks and never allocates: one compare-and-swap on the
+//!   tail, a write into the slot, one store. All slots are allocated by
+//!   [`channel`].
+//! - Every value sent is received exactly once, and each sender's values in
+//!   the order it sent them. A value still in the ring when the ring goes
+//!   is dropped with it.
+//! - Every send that returned before a receive began is seen by that
+//!   receive (the pool's snapshots rely on this to be consistent cuts).
+//!
+//! # How
+//!
+//! Each slot carries a *stamp* (Dmitry Vyukov's bounded queue): for the slot
+//! at position `pos` (counted from 0 for ever, slot `pos % len`), the stamp
+//! is `pos` while the slot is free for that position's sender, `pos + 1`
+//! once the value is written, and `pos + len` once the consumer has taken
+//! it, which frees the slot for the next lap. A sender claims a position by
+//! advancing the tail, writes the value, then publishes the stamp
+//! (release); the consumer reads the stamp (acquire) before the value, and
+//! publishes the next lap's stamp after it.
 //!
 //! The ring holds at most `len` values: a send that finds its slot still
 //! holding the previous lap's value gets its value back ([`Full`]), and the
-//! pool then empties the ring itself (`Pool::send_to_inbox`). A receive that meets
-//! a claimed slot whose value is not written yet waits for it, spinning then
-//! yielding, as `std::sync::mpsc` did: the sender is a few instructions from
-//! done, and every send that returned before a receive began is received.
+//! pool then empties the ring itself (`Pool::send_to_inbox`). A receive
+//! that meets a claimed slot whose value is not written yet waits for it,
+//! spinning then yielding: the sender is a few instructions from done.
+//!
+//! The algorithm is the one `crossbeam_queue::ArrayQueue` implements for
+//! many consumers; with one consumer, a receive needs no compare-and-swap.
+//! `benches/inbox.rs` measures the two side by side (figures in
+//! `BENCHMARKS.md`, "Inbox"). The concurrency is checked by the `loom`
+//! models in `src/inbox/` (`./scripts/loom`).
 
-use std::cell::UnsafeCell;
 use std::mem::MaybeUninit;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use crate::sync::cell::UnsafeCell;
+use crate::sync::{hint, AtomicUsize, Ordering};
 
 /// Creates an inbox of `len` slots (rounded up to a power of two, at least
 /// 1): the senders' side, which may be shared, and the one receiver.
@@ -131,7 +143,9 @@ impl<T: Send> Sender<T> {
                         // above, equal to `pos`) says the receiver is done
                         // with the previous lap's value: nobody else reads
                         // or writes this slot until the stamp below.
-                        unsafe { (*slot.value.get()).write(value) };
+                        slot.value.with_mut(|value_ptr| unsafe {
+                            (*value_ptr).write(value);
+                        });
                         slot.stamp.store(pos.wrapping_add(1), Ordering::Release);
                         return Ok(());
                     }
@@ -169,16 +183,18 @@ impl<T: Send> Receiver<T> {
             }
             if spins < 64 {
                 spins += 1;
-                std::hint::spin_loop();
+                hint::spin_loop();
             } else {
-                std::thread::yield_now();
+                hint::yield_now();
             }
         }
         // SAFETY: the stamp `pos + 1` (acquired above) says the sender of
         // `pos` wrote the value and will not touch the slot again, and
         // `&mut self` makes this the only receiver: the value is
         // initialised and read once, here.
-        let value = unsafe { (*slot.value.get()).assume_init_read() };
+        let value = slot
+            .value
+            .with_mut(|value_ptr| unsafe { (*value_ptr).assume_init_read() });
         slot.stamp
             .store(pos.wrapping_add(ring.len()), Ordering::Release);
         ring.head.0.store(pos.wrapping_add(1), Ordering::Relaxed);
@@ -190,21 +206,24 @@ impl<T> Drop for Ring<T> {
     fn drop(&mut self) {
         // No sender or receiver is left, so every claimed position is
         // written: drop the values not received.
-        let tail = *self.tail.0.get_mut();
-        let mut pos = *self.head.0.get_mut();
+        // `&mut self`: no other thread can reach the ring, so relaxed loads
+        // see the last values written.
+        let tail = self.tail.0.load(Ordering::Relaxed);
+        let mut pos = self.head.0.load(Ordering::Relaxed);
         while pos != tail {
-            let slot = &mut self.slots[pos & self.mask];
-            debug_assert_eq!(*slot.stamp.get_mut(), pos.wrapping_add(1));
+            let slot = &self.slots[pos & self.mask];
+            debug_assert_eq!(slot.stamp.load(Ordering::Relaxed), pos.wrapping_add(1));
             // SAFETY: position `pos` is between the head and the tail, so it
             // was claimed and (no sender being left) written, and not
             // received; `&mut self` means nobody else can reach it.
-            unsafe { slot.value.get_mut().assume_init_drop() };
+            slot.value
+                .with_mut(|value_ptr| unsafe { (*value_ptr).assume_init_drop() });
             pos = pos.wrapping_add(1);
         }
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(bg_queue_loom)))]
 mod tests {
     use super::{channel, Full};
     use std::sync::atomic::{AtomicUsize, Ordering};

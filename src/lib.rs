@@ -37,14 +37,14 @@
 //!
 //! #[tokio::main]
 //! async fn main() {
-//!     // The seed's drop-in: capacity 1024, parallelism 8.
+//!     // Capacity 1024, parallelism 8, named "default".
 //!     let bg = bg_queue::spawn_pool();
 //!
 //!     bg.spawn("send_receipt_email", async {
 //!         // talk to the SMTP server...
 //!     });
 //!     // Fallible work: an `Err` is counted as `failed`.
-//!     bg.spawn("subscribe_mailing_list", async {
+//!     bg.spawn_fallible("subscribe_mailing_list", async {
 //!         Err::<(), _>("list API answered 503")
 //!     });
 //!
@@ -76,8 +76,11 @@ mod inbox;
 mod pool;
 mod report;
 mod stats;
+mod sync;
 mod task;
 mod telemetry;
+#[cfg(all(test, bg_queue_loom))]
+mod tests;
 
 #[cfg(feature = "debug-page")]
 pub use debug_page::{debug_router, DebugPage, DEFAULT_JAEGER_UI_URL};
@@ -89,7 +92,7 @@ pub use pool::{
 };
 pub use report::ShutdownReport;
 pub use stats::{DroppedByReason, DroppedTask, PoolSnapshot, SlowTask, TaskSnapshot};
-pub use task::{Outcome, TaskError, TaskOutput};
+pub use task::{Outcome, TaskError};
 pub use telemetry::{
     names, InstrumentKind, MetricDefinition, Propagation, RunSpan, DURATION_BUCKETS_SECONDS,
     METRICS,

@@ -15,49 +15,6 @@ pub(crate) type TaskFuture = dyn Future<Output = Result<(), TaskError>> + Send +
 /// A boxed task future.
 pub(crate) type BoxTask = Pin<Box<TaskFuture>>;
 
-/// What a task future may return: `()` (always `ok`) or `Result<(), E>` with
-/// `E: Display` (`Err` is outcome `failed`).
-///
-/// This trait is what lets [`BackgroundTx::spawn`](crate::BackgroundTx::spawn)
-/// keep the seed's `Future<Output = ()>` signature while also accepting
-/// fallible futures. It is sealed in spirit: implement it only if your output
-/// type really has an "ok" and a "failed" reading.
-///
-/// # Examples
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let tx = bg_queue::spawn_pool();
-/// // Infallible, exactly like the seed:
-/// tx.spawn("ping", async {});
-/// // Fallible: an `Err` is counted as `failed`, with its text on the span.
-/// tx.spawn("send_email", async { Err::<(), _>("smtp refused: 550") });
-/// # let _ = tx.shutdown(std::time::Duration::from_secs(1)).await;
-/// # }
-/// ```
-pub trait TaskOutput: Send + 'static {
-    /// Converts the output into `Ok(())` or the task's error.
-    fn into_result(self) -> Result<(), TaskError>;
-}
-
-impl TaskOutput for () {
-    fn into_result(self) -> Result<(), TaskError> {
-        Ok(())
-    }
-}
-
-impl<E> TaskOutput for Result<(), E>
-where
-    E: fmt::Display + Send + 'static,
-{
-    fn into_result(self) -> Result<(), TaskError> {
-        self.map_err(|error| TaskError {
-            message: error.to_string(),
-            type_name: std::any::type_name::<E>(),
-        })
-    }
-}
-
 /// The error a fallible task returned, as recorded on its spans.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskError {
@@ -65,6 +22,16 @@ pub struct TaskError {
     pub message: String,
     /// The error's type name (the span's `error.type`).
     pub type_name: &'static str,
+}
+
+impl TaskError {
+    /// The error of a fallible task: its text and its type's name.
+    pub(crate) fn from_display<E: fmt::Display>(error: E) -> Self {
+        TaskError {
+            message: error.to_string(),
+            type_name: std::any::type_name::<E>(),
+        }
+    }
 }
 
 impl fmt::Display for TaskError {

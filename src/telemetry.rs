@@ -41,7 +41,7 @@ use opentelemetry::trace::{Link, Span as _, Status, TraceContextExt, TraceId, Tr
 use opentelemetry::{Context, KeyValue};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::pool::Pool;
+use crate::stats::TaskStats;
 use crate::task::{CatchPanic, Outcome, RunEnd, TaskFuture};
 use crate::DropReason;
 
@@ -690,7 +690,25 @@ fn error_details(end: &RunEnd) -> Option<(String, &'static str)> {
 
 /// Registers the observable instruments; their callbacks read the pool
 /// through a weak reference, so a dropped pool simply stops reporting.
-pub(crate) fn register_observers(meter: &Meter, pool: Weak<Pool>) {
+/// What the observable instruments read from a pool at each collection.
+/// The pool implements it; telemetry knows nothing else of the pool.
+pub(crate) trait PoolView: Send + Sync + 'static {
+    /// `bg.pool.name` with the pool's name.
+    fn name_attribute(&self) -> KeyValue;
+    /// The pool's capacity.
+    fn capacity(&self) -> usize;
+    /// The pool's parallelism.
+    fn parallelism(&self) -> usize;
+    /// Age of the oldest queued task, zero when none is queued.
+    fn oldest_queued_age(&self) -> Duration;
+    /// Calls `f` with each task name's attributes and counters, under the
+    /// pool's lock (one consistent cut).
+    fn for_each_task(&self, f: &mut dyn FnMut(&TaskAttributes, &TaskStats));
+}
+
+/// Registers the pool's observable instruments. They hold the pool weakly:
+/// a pool that is gone reports nothing.
+pub(crate) fn register_observers(meter: &Meter, pool: Weak<dyn PoolView>) {
     let spawned = definition("bg.task.spawned");
     let weak = pool.clone();
     meter
@@ -699,7 +717,7 @@ pub(crate) fn register_observers(meter: &Meter, pool: Weak<Pool>) {
         .with_description(spawned.description)
         .with_callback(move |observer| {
             if let Some(pool) = weak.upgrade() {
-                pool.for_each_task(|attrs, stats| {
+                pool.for_each_task(&mut |attrs, stats| {
                     observer.observe(stats.spawned, &attrs.pool_task)
                 });
             }
@@ -714,7 +732,7 @@ pub(crate) fn register_observers(meter: &Meter, pool: Weak<Pool>) {
         .with_description(dropped.description)
         .with_callback(move |observer| {
             if let Some(pool) = weak.upgrade() {
-                pool.for_each_task(|attrs, stats| {
+                pool.for_each_task(&mut |attrs, stats| {
                     let counts = stats.dropped.by_reason();
                     for reason in DropReason::ALL {
                         let count = counts[reason.index()];
@@ -732,7 +750,7 @@ pub(crate) fn register_observers(meter: &Meter, pool: Weak<Pool>) {
     for (name, read) in [
         (
             "bg.queue.depth",
-            (|stats| stats.queued) as fn(&crate::stats::TaskStats) -> u64,
+            (|stats| stats.queued) as fn(&TaskStats) -> u64,
         ),
         ("bg.task.active", |stats| stats.running),
     ] {
@@ -744,7 +762,7 @@ pub(crate) fn register_observers(meter: &Meter, pool: Weak<Pool>) {
             .with_description(def.description)
             .with_callback(move |observer| {
                 if let Some(pool) = weak.upgrade() {
-                    pool.for_each_task(|attrs, stats| {
+                    pool.for_each_task(&mut |attrs, stats| {
                         observer.observe(read(stats) as i64, &attrs.pool_task)
                     });
                 }
@@ -755,7 +773,7 @@ pub(crate) fn register_observers(meter: &Meter, pool: Weak<Pool>) {
     for (name, read) in [
         (
             "bg.queue.capacity",
-            (|pool| pool.capacity() as f64) as fn(&Pool) -> f64,
+            (|pool| pool.capacity() as f64) as fn(&dyn PoolView) -> f64,
         ),
         ("bg.pool.parallelism", |pool| pool.parallelism() as f64),
     ] {
@@ -767,7 +785,7 @@ pub(crate) fn register_observers(meter: &Meter, pool: Weak<Pool>) {
             .with_description(def.description)
             .with_callback(move |observer| {
                 if let Some(pool) = weak.upgrade() {
-                    observer.observe(read(&pool) as u64, &[pool.name_attribute()]);
+                    observer.observe(read(&*pool) as u64, &[pool.name_attribute()]);
                 }
             })
             .build();

@@ -41,7 +41,7 @@ async fn known_pool() -> (BackgroundTx, Arc<Semaphore>) {
         .parallelism(1)
         .build()
         .unwrap();
-    bg.spawn("subscribe", async { Err::<(), _>("503") });
+    bg.spawn_fallible("subscribe", async { Err::<(), _>("503") });
     bg.spawn("subscribe", async {});
     bg.idle().await;
     let gate = common::occupy(&bg, "blocker", 1).await;

@@ -63,7 +63,7 @@ async fn known_workload(metrics: &Metrics) -> (bg_queue::BackgroundTx, Duration)
     gate.add_permits(2);
     bg.idle().await;
     let blocker_time = released.elapsed();
-    bg.spawn("subscribe", async { Err::<(), _>("list API 503") });
+    bg.spawn_fallible("subscribe", async { Err::<(), _>("list API 503") });
     bg.spawn("subscribe", async {
         if true {
             panic!("bad payload")

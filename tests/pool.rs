@@ -374,8 +374,8 @@ async fn fallible_tasks_count_err_as_failed() {
         }
     }
     let bg = Builder::new("fallible").build().unwrap();
-    bg.spawn("send_email", async { Err::<(), _>(SmtpError) });
-    bg.spawn("send_email", async { Ok::<(), SmtpError>(()) });
+    bg.spawn_fallible("send_email", async { Err::<(), _>(SmtpError) });
+    bg.spawn_fallible("send_email", async { Ok::<(), SmtpError>(()) });
     bg.idle().await;
     let task = bg.snapshot().task("send_email").unwrap().clone();
     assert_eq!((task.failed, task.completed, task.spawned), (1, 1, 2));
@@ -1120,7 +1120,7 @@ async fn stress_invariant_holds_continuously_and_at_shutdown() {
             let kind: u8 = rng.random_range(0..10);
             let micros: u64 = rng.random_range(0..2_000);
             calls.fetch_add(1, Ordering::SeqCst);
-            bg.spawn("stress", async move {
+            bg.spawn_fallible("stress", async move {
                 tokio::time::sleep(Duration::from_micros(micros)).await;
                 match kind {
                     0 => panic!("random panic"),

@@ -188,7 +188,7 @@ async fn ten_percent_panics_and_timeouts_keep_full_parallelism() {
             2 => failures += 1,
             _ => oks += 1,
         }
-        bg.try_spawn("mixed", async move {
+        bg.try_spawn_fallible("mixed", async move {
             let now = running.fetch_add(1, Ordering::SeqCst) + 1;
             // Once faults have happened, the pool must still fill up.
             if faults.load(Ordering::SeqCst) > 50 {

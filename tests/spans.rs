@@ -57,7 +57,7 @@ async fn exports_the_request_tree(run_span: RunSpan) {
             .instrument(tracing::info_span!("smtp.send"))
             .await
         });
-        bg.spawn("subscribe", async { Err::<(), _>("list API answered 503") });
+        bg.spawn_fallible("subscribe", async { Err::<(), _>("list API answered 503") });
     }
     .instrument(tracing::info_span!("POST /webhooks/stripe"))
     .await;
@@ -256,7 +256,7 @@ async fn failed_panicked_and_timed_out_set_error_status_and_type() {
         }
     }
     async {
-        bg.spawn("fails", async { Err::<(), _>(SmtpRefused) });
+        bg.spawn_fallible("fails", async { Err::<(), _>(SmtpRefused) });
         bg.spawn("panics", async {
             if true {
                 panic!("template missing")

@@ -264,13 +264,13 @@ async fn stripe_webhook(State(state): State<AppState>, body: Bytes) -> Response 
             "send_receipt_email",
             state
                 .bg
-                .try_spawn("send_receipt_email", work.send_receipt(receipt)),
+                .try_spawn_fallible("send_receipt_email", work.send_receipt(receipt)),
         ),
         (
             "subscribe_mailing_list",
             state
                 .bg
-                .try_spawn("subscribe_mailing_list", work.subscribe(email)),
+                .try_spawn_fallible("subscribe_mailing_list", work.subscribe(email)),
         ),
     ] {
         match result {
