@@ -29,7 +29,7 @@ use axum::Router;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde::Deserialize;
 
-use crate::stats::{PoolSnapshot, TaskSnapshot};
+use crate::snapshot::{PoolSnapshot, TaskSnapshot};
 use crate::{BackgroundTx, Percentiles};
 
 /// Default Jaeger UI address, used when `JAEGER_UI_URL` is not set.

@@ -75,6 +75,7 @@ mod histogram;
 mod inbox;
 mod pool;
 mod report;
+mod snapshot;
 mod stats;
 mod sync;
 mod task;
@@ -91,7 +92,7 @@ pub use pool::{
     MAX_CAPACITY, MAX_PARALLELISM,
 };
 pub use report::ShutdownReport;
-pub use stats::{DroppedByReason, DroppedTask, PoolSnapshot, SlowTask, TaskSnapshot};
+pub use snapshot::{DroppedByReason, DroppedTask, PoolSnapshot, SlowTask, TaskSnapshot};
 pub use task::{Outcome, TaskError};
 pub use telemetry::{
     names, InstrumentKind, MetricDefinition, Propagation, RunSpan, DURATION_BUCKETS_SECONDS,

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::stats::{DroppedByReason, PoolSnapshot};
+use crate::snapshot::{DroppedByReason, PoolSnapshot};
 
 /// What became of every task a pool ever saw, returned by
 /// [`BackgroundTx::shutdown`](crate::BackgroundTx::shutdown).

@@ -1,4 +1,4 @@
-//! Live counters and the snapshot they produce.
+//! Live counters: what a pool counts per task name, under its lock.
 //!
 //! The counters live under the pool's one lock (the same guard that holds
 //! the queue; tasks admitted without it are absorbed under it before
@@ -12,12 +12,10 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
-use serde::Serialize;
-
-use crate::histogram::{Percentiles, RecentHistogram};
+use crate::histogram::RecentHistogram;
+use crate::snapshot::{DroppedByReason, SlowRecord, SlowTask, TaskSnapshot, WallClock};
 use crate::task::Outcome;
 use crate::DropReason;
 
@@ -301,282 +299,10 @@ impl DepthHistory {
     }
 }
 
-/// Drops of one task (or pool), split by reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub struct DroppedByReason {
-    /// The queue was full.
-    pub queue_full: u64,
-    /// The pool was closed.
-    pub closed: u64,
-    /// Discarded by a shutdown (reserved; abandoned tasks count as abandoned).
-    pub shutdown: u64,
-    /// No live runtime.
-    pub no_runtime: u64,
-}
-
-impl From<[u64; 4]> for DroppedByReason {
-    fn from(counts: [u64; 4]) -> Self {
-        DroppedByReason {
-            queue_full: counts[DropReason::QueueFull.index()],
-            closed: counts[DropReason::Closed.index()],
-            shutdown: counts[DropReason::Shutdown.index()],
-            no_runtime: counts[DropReason::NoRuntime.index()],
-        }
-    }
-}
-
-/// Converts the monotonic instants the hot paths record into wall-clock
-/// times, once per snapshot: reading the clock costs about 30 ns on a
-/// virtual machine, so the drop path and the runners read it once, not
-/// twice (monotonic for the maths, wall for the page).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct WallClock {
-    wall: SystemTime,
-    mono: Instant,
-}
-
-impl WallClock {
-    /// Pairs the wall clock with `mono`, the monotonic "now".
-    pub(crate) fn new(mono: Instant) -> Self {
-        WallClock {
-            wall: SystemTime::now(),
-            mono,
-        }
-    }
-
-    /// The wall-clock time of `at` (an instant in the past).
-    pub(crate) fn wall_of(&self, at: Instant) -> SystemTime {
-        let ago = self.mono.saturating_duration_since(at);
-        self.wall.checked_sub(ago).unwrap_or(SystemTime::UNIX_EPOCH)
-    }
-}
-
-/// A trace id as the page and Jaeger write it: 32 lowercase hex digits.
-fn trace_hex(id: opentelemetry::trace::TraceId) -> String {
-    format!("{id:032x}")
-}
-
-/// A drop as recorded on the hot path: raw values, formatted only when a
-/// snapshot is taken.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct DropRecord {
-    pub(crate) at: Instant,
-    pub(crate) task: &'static str,
-    pub(crate) reason: crate::DropReason,
-    pub(crate) trace_id: Option<opentelemetry::trace::TraceId>,
-}
-
-impl DropRecord {
-    pub(crate) fn to_public(self, clock: &WallClock) -> DroppedTask {
-        DroppedTask {
-            at: rfc3339(clock.wall_of(self.at)),
-            task: self.task,
-            reason: self.reason.as_str(),
-            trace_id: self.trace_id.map(trace_hex),
-        }
-    }
-}
-
-/// A slow run as recorded by the runner (formatted at snapshot time).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SlowRecord {
-    pub(crate) at: Instant,
-    pub(crate) task: &'static str,
-    pub(crate) outcome: &'static str,
-    pub(crate) wait_ms: f64,
-    pub(crate) run_ms: f64,
-    pub(crate) trace_id: Option<opentelemetry::trace::TraceId>,
-}
-
-impl SlowRecord {
-    pub(crate) fn to_public(self, clock: &WallClock) -> SlowTask {
-        SlowTask {
-            at: rfc3339(clock.wall_of(self.at)),
-            task: self.task,
-            outcome: self.outcome,
-            wait_ms: self.wait_ms,
-            run_ms: self.run_ms,
-            trace_id: self.trace_id.map(trace_hex),
-        }
-    }
-}
-
-/// One dropped task, for the "recent drops" list.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DroppedTask {
-    /// When it was dropped (RFC 3339, UTC).
-    pub at: String,
-    /// The task name.
-    pub task: &'static str,
-    /// Why (`queue_full`, `closed`, ...).
-    pub reason: &'static str,
-    /// The trace the drop belongs to (the caller's), when a span was active.
-    pub trace_id: Option<String>,
-}
-
-/// One slow run, for the "slowest tasks" list.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SlowTask {
-    /// When it finished (RFC 3339, UTC).
-    pub at: String,
-    /// The task name.
-    pub task: &'static str,
-    /// How it ended.
-    pub outcome: &'static str,
-    /// Time spent queued, in milliseconds.
-    pub wait_ms: f64,
-    /// Time spent running, in milliseconds.
-    pub run_ms: f64,
-    /// The trace of its `bg.task` span, when spans are recorded.
-    pub trace_id: Option<String>,
-}
-
-/// Per-task-name figures in a [`PoolSnapshot`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TaskSnapshot {
-    /// The name given to `spawn`.
-    pub name: String,
-    /// Accepted, waiting for a runner.
-    pub queued: u64,
-    /// Running now.
-    pub running: u64,
-    /// Accepted (every accepted task, whatever became of it).
-    pub spawned: u64,
-    /// Ended with outcome `ok`.
-    pub completed: u64,
-    /// Ended with outcome `failed` (returned `Err`).
-    pub failed: u64,
-    /// Not accepted, all reasons.
-    pub dropped: u64,
-    /// Not accepted, by reason.
-    pub dropped_by_reason: DroppedByReason,
-    /// Ended with outcome `panicked`.
-    pub panicked: u64,
-    /// Ended with outcome `timed_out`.
-    pub timed_out: u64,
-    /// Cancelled at the shutdown deadline (or when the runtime went away).
-    pub abandoned: u64,
-    /// Recent queue wait percentiles.
-    pub wait_ms: Percentiles,
-    /// Recent run time percentiles.
-    pub run_ms: Percentiles,
-}
-
-/// A consistent, point-in-time view of one pool.
-///
-/// Taken under the pool's lock in a few microseconds per task name, so it is
-/// cheap to read every second. Totals are sums over [`tasks`](Self::tasks).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PoolSnapshot {
-    /// The pool's name.
-    pub name: String,
-    /// Most tasks that may wait in the queue.
-    pub capacity: usize,
-    /// Most tasks that run at once.
-    pub parallelism: usize,
-    /// Accepted, waiting for a runner.
-    pub queued: u64,
-    /// Running now.
-    pub running: u64,
-    /// Age of the oldest queued task, in seconds (0 when the queue is empty).
-    pub oldest_queued_seconds: f64,
-    /// Accepted tasks.
-    pub spawned: u64,
-    /// Outcome `ok`.
-    pub completed: u64,
-    /// Outcome `failed`.
-    pub failed: u64,
-    /// Not accepted, all reasons.
-    pub dropped: u64,
-    /// Not accepted, by reason.
-    pub dropped_by_reason: DroppedByReason,
-    /// Outcome `panicked`.
-    pub panicked: u64,
-    /// Outcome `timed_out`.
-    pub timed_out: u64,
-    /// Outcome `abandoned`.
-    pub abandoned: u64,
-    /// Whether the pool still accepts tasks.
-    pub accepting: bool,
-    /// Per task name, in order of first use.
-    pub tasks: Vec<TaskSnapshot>,
-    /// The last drops, newest first (at most 20). With no tracing
-    /// subscriber, where a drop has no span or trace id, a flood records
-    /// one drop per task name and tick of the kernel's coarse clock (1-10
-    /// ms, usually 4 ms) that refused it for a full queue, and only counts
-    /// the rest ([`dropped`](Self::dropped) stays exact).
-    pub recent_drops: Vec<DroppedTask>,
-    /// The slowest recent runs, slowest first.
-    pub slowest: Vec<SlowTask>,
-    /// Queue depth, one value per second for the last five minutes, oldest
-    /// first (the highest depth seen in each second).
-    pub depth_history: Vec<u32>,
-}
-
-impl PoolSnapshot {
-    /// Whether `spawned = completed + failed + panicked + timed_out +
-    /// abandoned + queued + running` holds (it always should).
-    pub fn is_consistent(&self) -> bool {
-        self.spawned
-            == self.completed
-                + self.failed
-                + self.panicked
-                + self.timed_out
-                + self.abandoned
-                + self.queued
-                + self.running
-    }
-
-    /// The per-task figures of `name`, if that name was ever used.
-    pub fn task(&self, name: &str) -> Option<&TaskSnapshot> {
-        self.tasks.iter().find(|task| task.name == name)
-    }
-}
-
-/// `SystemTime` as RFC 3339 UTC with milliseconds, without a date crate.
-pub(crate) fn rfc3339(at: SystemTime) -> String {
-    let since_epoch = at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
-    let secs = since_epoch.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since_epoch.subsec_millis()
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (H. Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_known_instants() {
-        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let leap = SystemTime::UNIX_EPOCH + Duration::from_millis(951_782_400_123);
-        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.123Z");
-        let later = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
-        assert_eq!(rfc3339(later), "2026-11-18T11:06:40.000Z");
-    }
+    use std::time::Duration;
 
     #[test]
     fn depth_history_carries_depth_through_quiet_seconds() {
@@ -626,21 +352,6 @@ mod tests {
         // With no change in the window at all, the last depth is shown.
         let later = history.samples(start + Duration::from_secs(1_000));
         assert!(later.iter().all(|&d| d == 49), "{later:?}");
-    }
-
-    #[test]
-    fn wall_clock_maps_past_instants_back_in_time() {
-        let now = Instant::now();
-        let clock = WallClock::new(now);
-        let five_ago = now - Duration::from_secs(5);
-        assert_eq!(
-            clock.wall.duration_since(clock.wall_of(five_ago)).unwrap(),
-            Duration::from_secs(5)
-        );
-        assert_eq!(clock.wall_of(now), clock.wall);
-        // An instant after the pairing (a record made while the snapshot
-        // was being taken) is not placed in the future.
-        assert_eq!(clock.wall_of(now + Duration::from_secs(1)), clock.wall);
     }
 
     #[test]

@@ -16,7 +16,8 @@ use tokio::time::Instant;
 
 use super::admission::Refusal;
 use super::state::{Phase, Pool, State};
-use crate::stats::{DropCounts, DropRecord};
+use crate::snapshot::DropRecord;
+use crate::stats::DropCounts;
 use crate::telemetry;
 use crate::{DropReason, SpawnError};
 

@@ -11,7 +11,7 @@ use tokio::runtime::Handle;
 use super::builder::{Builder, DEFAULT_POOL_NAME};
 use super::state::Pool;
 use crate::report::ShutdownReport;
-use crate::stats::PoolSnapshot;
+use crate::snapshot::PoolSnapshot;
 use crate::task::TaskError;
 use crate::SpawnError;
 

@@ -2,7 +2,7 @@
 //! lock with the inbox absorbed.
 
 use super::state::{Phase, Pool};
-use crate::stats::{DroppedByReason, PoolSnapshot, TaskSnapshot, WallClock};
+use crate::snapshot::{DroppedByReason, PoolSnapshot, TaskSnapshot, WallClock};
 
 impl Pool {
     /// See [`BackgroundTx::snapshot`](super::BackgroundTx::snapshot).

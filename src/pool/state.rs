@@ -29,7 +29,8 @@ use super::admission::Admission;
 use super::runner::Finished;
 use super::runner_word::RunnerWord;
 use crate::inbox;
-use crate::stats::{DepthHistory, DropRecord, Ring, SlowRecord, Slowest, TaskStats};
+use crate::snapshot::{DropRecord, SlowRecord};
+use crate::stats::{DepthHistory, Ring, Slowest, TaskStats};
 use crate::task::Envelope;
 use crate::telemetry::{PoolView, TaskAttributes, Telemetry};
 

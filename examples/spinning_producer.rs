@@ -1,0 +1,129 @@
+//! How many tasks run while a producer calls `spawn` in a loop that never
+//! yields: the figure behind the README's no-starvation promise.
+//!
+//! Run with
+//!
+//! ```sh
+//! cargo run --release --example spinning_producer            # 20 quiet runs
+//! cargo run --release --example spinning_producer -- --contended
+//! ```
+//!
+//! Each run builds a 2-worker runtime and `spawn_pool()` (capacity 1024,
+//! parallelism 8), then a task spins for 300 ms, calling `spawn` with a
+//! no-op task 50,000 times at an even pace, and reads how many tasks ran
+//! before it stopped. A pool whose runners wait behind the spinning task
+//! runs none of them in that time and accepts only the queue's 1,024.
+//! `--contended` first starts two CPU-bound processes on the same cores
+//! (this binary with `--burn`), as a busy machine would. `RUNS` sets the
+//! number of runs (default 20).
+
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SPIN: Duration = Duration::from_millis(300);
+const CALLS: u64 = 50_000;
+
+/// One run: the tasks that ran during the spin, and those accepted.
+fn run_once() -> (u64, u64) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a 2-worker runtime");
+    runtime.block_on(async {
+        let bg = bg_queue::spawn_pool();
+        let ran = Arc::new(AtomicU64::new(0));
+        let producer = {
+            let bg = bg.clone();
+            let ran = Arc::clone(&ran);
+            tokio::spawn(async move {
+                let start = Instant::now();
+                let pace = SPIN.as_nanos() as u64 / CALLS;
+                let mut calls = 0u64;
+                // Never yields: this task holds its worker for the whole
+                // spin, as a CPU-bound handler would.
+                loop {
+                    let elapsed = start.elapsed();
+                    if elapsed >= SPIN {
+                        break;
+                    }
+                    if calls < CALLS && elapsed.as_nanos() as u64 >= calls * pace {
+                        let ran = Arc::clone(&ran);
+                        bg.spawn("noop", async move {
+                            ran.fetch_add(1, Ordering::Relaxed);
+                        });
+                        calls += 1;
+                    }
+                    std::hint::spin_loop();
+                }
+                ran.load(Ordering::Relaxed)
+            })
+        };
+        let ran_during_spin = producer.await.expect("the producer ends");
+        bg.idle().await;
+        (ran_during_spin, bg.snapshot().spawned)
+    })
+}
+
+/// Two CPU-bound processes, killed when dropped.
+struct Burners(Vec<Child>);
+
+impl Burners {
+    fn start() -> Self {
+        let me = std::env::current_exe().expect("this binary's path");
+        Burners(
+            (0..2)
+                .map(|_| {
+                    Command::new(&me)
+                        .arg("--burn")
+                        .spawn()
+                        .expect("a CPU-bound child")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Burners {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|arg| arg == "--burn") {
+        // A CPU-bound neighbour; the parent kills it. Bounded anyway.
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(600) {
+            std::hint::spin_loop();
+        }
+        return;
+    }
+    let contended = args.iter().any(|arg| arg == "--contended");
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|runs| runs.parse().ok())
+        .unwrap_or(20);
+    let _burners = contended.then(Burners::start);
+    let mut figures = Vec::with_capacity(runs);
+    for run in 1..=runs {
+        let (ran, accepted) = run_once();
+        println!("run {run:2}: {ran:6} ran during the spin, {accepted:6} accepted");
+        figures.push(ran);
+    }
+    figures.sort_unstable();
+    let at_least = figures.iter().filter(|&&ran| ran >= 2048).count();
+    println!(
+        "spinning_producer{}: min {} median {} max {} ran during the spin; {at_least} of {runs} runs at least 2048",
+        if contended { " (2 CPU-bound neighbours)" } else { "" },
+        figures[0],
+        figures[runs / 2],
+        figures[runs - 1],
+    );
+}

@@ -1,0 +1,86 @@
+//! Per task name: the attribute sets and span names the hot paths use,
+//! built once when a name is first seen.
+
+use std::sync::Arc;
+#[cfg(feature = "bound-metrics")]
+use std::sync::OnceLock;
+
+#[cfg(feature = "bound-metrics")]
+use opentelemetry::metrics::BoundHistogram;
+use opentelemetry::metrics::Histogram;
+use opentelemetry::KeyValue;
+
+use super::names;
+use crate::task::Outcome;
+
+/// Per task name: attribute sets and span names, built once when the name is
+/// first used, so the hot paths never allocate them.
+pub(crate) struct TaskAttributes {
+    pub(crate) name: &'static str,
+    pub(super) task_span_name: &'static str,
+    pub(super) run_span_name: &'static str,
+    pub(crate) pool_task: Vec<KeyValue>,
+    /// How `bg.task.wait` records into `pool_task`.
+    pub(super) wait_recorder: SetRecorder,
+    /// Per outcome (the run outcomes, then `abandoned`; see
+    /// [`outcome_index`]): its attribute set, and how `bg.task.duration`
+    /// records into it.
+    pub(super) by_outcome: Vec<(Vec<KeyValue>, SetRecorder)>,
+}
+
+/// How a histogram records into one attribute set. With `bound-metrics`,
+/// through a handle bound to the set at its first record: outside the
+/// pool's lock (binding calls into the meter), and not before, because the
+/// SDK exports a bound set from the moment it is bound, with a count of 0 if
+/// nothing was recorded, where an unbound one appears at its first record.
+/// Only the pool that made a [`TaskAttributes`] records through it, so the
+/// handle is always bound to that pool's instrument. Without the feature,
+/// nothing: the set goes with every record.
+#[derive(Default)]
+pub(super) struct SetRecorder(#[cfg(feature = "bound-metrics")] OnceLock<BoundHistogram<f64>>);
+
+impl SetRecorder {
+    pub(super) fn record(&self, histogram: &Histogram<f64>, set: &[KeyValue], value: f64) {
+        #[cfg(feature = "bound-metrics")]
+        self.0.get_or_init(|| histogram.bind(set)).record(value);
+        #[cfg(not(feature = "bound-metrics"))]
+        histogram.record(value, set);
+    }
+}
+
+impl TaskAttributes {
+    pub(crate) fn new(pool: &Arc<str>, name: &'static str) -> Self {
+        // `Arc<str>` values: cloning an attribute set never copies strings.
+        let pool_task = vec![
+            KeyValue::new(names::POOL_NAME, Arc::clone(pool)),
+            KeyValue::new(names::TASK_NAME, name),
+        ];
+        let by_outcome = Outcome::RUN_OUTCOMES
+            .iter()
+            .chain(&[Outcome::Abandoned])
+            .map(|outcome| {
+                let mut set = pool_task.clone();
+                set.push(KeyValue::new(names::TASK_OUTCOME, outcome.as_str()));
+                (set, SetRecorder::default())
+            })
+            .collect();
+        // Leaked once per (pool, task name): names are `&'static str`, so
+        // their number is bounded by the program's text.
+        TaskAttributes {
+            name,
+            task_span_name: Box::leak(format!("bg {name}").into_boxed_str()),
+            run_span_name: Box::leak(format!("run {name}").into_boxed_str()),
+            pool_task,
+            wait_recorder: SetRecorder::default(),
+            by_outcome,
+        }
+    }
+}
+
+/// Where an outcome's attribute set is in `TaskAttributes::by_outcome`.
+pub(super) fn outcome_index(outcome: Outcome) -> usize {
+    match outcome {
+        Outcome::Abandoned => Outcome::RUN_OUTCOMES.len(),
+        other => other.run_index(),
+    }
+}

@@ -1,0 +1,67 @@
+//! The pool's tracer and its synchronous instruments (the two
+//! histograms); the observable ones are in `observers.rs`.
+
+use std::time::Duration;
+
+use opentelemetry::global::BoxedTracer;
+use opentelemetry::metrics::{Histogram, Meter};
+
+use super::attributes::outcome_index;
+use super::table::{definition, DURATION_BUCKETS_SECONDS};
+use super::{Propagation, RunSpan, TaskAttributes};
+use crate::task::Outcome;
+
+/// The pool's tracer and sync instruments.
+pub(crate) struct Telemetry {
+    pub(crate) propagation: Propagation,
+    pub(super) run_span: RunSpan,
+    pub(super) tracer: BoxedTracer,
+    wait: Histogram<f64>,
+    duration: Histogram<f64>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("propagation", &self.propagation)
+            .field("run_span", &self.run_span)
+            .finish_non_exhaustive()
+    }
+}
+
+fn histogram(meter: &Meter, name: &str) -> Histogram<f64> {
+    let def = definition(name);
+    meter
+        .f64_histogram(def.name)
+        .with_unit(def.unit)
+        .with_description(def.description)
+        .with_boundaries(DURATION_BUCKETS_SECONDS.to_vec())
+        .build()
+}
+
+impl Telemetry {
+    pub(crate) fn new(
+        propagation: Propagation,
+        run_span: RunSpan,
+        tracer: BoxedTracer,
+        meter: &Meter,
+    ) -> Self {
+        Telemetry {
+            propagation,
+            run_span,
+            tracer,
+            wait: histogram(meter, "bg.task.wait"),
+            duration: histogram(meter, "bg.task.duration"),
+        }
+    }
+    pub(crate) fn record_wait(&self, attrs: &TaskAttributes, wait: Duration) {
+        attrs
+            .wait_recorder
+            .record(&self.wait, &attrs.pool_task, wait.as_secs_f64());
+    }
+
+    pub(crate) fn record_duration(&self, attrs: &TaskAttributes, outcome: Outcome, run: Duration) {
+        let (set, recorder) = &attrs.by_outcome[outcome_index(outcome)];
+        recorder.record(&self.duration, set, run.as_secs_f64());
+    }
+}
