@@ -59,6 +59,7 @@ pub enum BuildError {
 /// Why a task was not accepted. The string forms are the values of the
 /// `bg.drop.reason` attribute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum DropReason {
     /// The queue held `capacity` tasks waiting for a runner.
     QueueFull,

@@ -68,6 +68,7 @@ fn bucket_midpoint(index: usize) -> f64 {
 
 /// Percentiles of the recent window, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+#[non_exhaustive]
 pub struct Percentiles {
     /// Median, in milliseconds (`None` when nothing was recorded recently).
     pub p50: Option<f64>,

@@ -14,6 +14,7 @@ use crate::snapshot::{DroppedByReason, PoolSnapshot};
 /// their thread), and every `spawn` call is in `spawned` or `dropped`.
 #[derive(Debug, Clone, PartialEq)]
 #[must_use = "a shutdown report accounts for abandoned tasks; log or check it"]
+#[non_exhaustive]
 pub struct ShutdownReport {
     /// The pool's name.
     pub pool: String,

@@ -11,6 +11,7 @@ use crate::DropReason;
 
 /// Drops of one task (or pool), split by reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[non_exhaustive]
 pub struct DroppedByReason {
     /// The queue was full.
     pub queue_full: u64,
@@ -111,6 +112,7 @@ impl SlowRecord {
 
 /// One dropped task, for the "recent drops" list.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct DroppedTask {
     /// When it was dropped (RFC 3339, UTC).
     pub at: String,
@@ -124,6 +126,7 @@ pub struct DroppedTask {
 
 /// One slow run, for the "slowest tasks" list.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct SlowTask {
     /// When it finished (RFC 3339, UTC).
     pub at: String,
@@ -141,6 +144,7 @@ pub struct SlowTask {
 
 /// Per-task-name figures in a [`PoolSnapshot`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct TaskSnapshot {
     /// The name given to `spawn`.
     pub name: String,
@@ -175,6 +179,7 @@ pub struct TaskSnapshot {
 /// Taken under the pool's lock in a few microseconds per task name, so it is
 /// cheap to read every second. Totals are sums over [`tasks`](Self::tasks).
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct PoolSnapshot {
     /// The pool's name.
     pub name: String,

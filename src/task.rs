@@ -17,6 +17,7 @@ pub(crate) type BoxTask = Pin<Box<TaskFuture>>;
 
 /// The error a fallible task returned, as recorded on its spans.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TaskError {
     /// The error's `Display` text (the span's status message).
     pub message: String,
@@ -43,6 +44,7 @@ impl fmt::Display for TaskError {
 /// How a task ended. The string forms are the values of the
 /// `bg.task.outcome` attribute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Outcome {
     /// The future completed (returned `()` or `Ok(())`).
     Ok,

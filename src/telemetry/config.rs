@@ -2,6 +2,7 @@
 
 /// How a task's spans relate to the span that was current at `spawn`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Propagation {
     /// `bg.task` is a child of the caller's span, in the caller's trace.
     /// Right for work that belongs to the request (a receipt email): the
@@ -25,6 +26,7 @@ pub enum Propagation {
 /// `bg.task` -> `bg.run` -> the task's own spans, with the same names and
 /// attributes); what differs is who else sees `bg.run`, and what it costs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum RunSpan {
     /// A `tracing` span (default): every subscriber sees it, so a `fmt`
     /// log line from inside the task carries `bg.run{bg.task.name=...}`,

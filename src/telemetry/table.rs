@@ -20,6 +20,7 @@ pub enum InstrumentKind {
 
 /// One metric the crate exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MetricDefinition {
     /// OpenTelemetry instrument name.
     pub name: &'static str,
