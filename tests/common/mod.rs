@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod otlp;
+pub mod pool;
 pub mod process;
 
 use opentelemetry::trace::TracerProvider as _;
