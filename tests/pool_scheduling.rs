@@ -18,6 +18,11 @@ use tokio::sync::{mpsc, oneshot};
 /// worker meanwhile, so more than the queue's 1,024 places get used. (The
 /// seed's drainer sat in this worker's LIFO slot, and it accepted exactly
 /// 1,024: nothing ran before the loop ended.)
+///
+/// The tests that call it need a second CPU and skip on one
+/// (`common::needs_two_cpus`): on one CPU the other worker runs only when
+/// the operating system preempts the producer's, so they would check the
+/// time slices, not the pool.
 async fn spinning_producer(parallelism: usize, standby: bool) {
     let bg = Builder::new("spin")
         .capacity(1024)
@@ -58,23 +63,35 @@ async fn spinning_producer(parallelism: usize, standby: bool) {
     assert_eq!(snapshot.completed, snapshot.spawned);
 }
 
+/// Needs a second CPU (see [`spinning_producer`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spinning_producer_does_not_starve_the_pool() {
+    if !common::needs_two_cpus() {
+        return;
+    }
     spinning_producer(8, false).await;
 }
 
 /// The producer's runner waits in its LIFO slot; once three quarters of the
 /// queue is full (or after 1 ms), `spawn` pushes it out, with a second
-/// runner or, with one runner, an empty task.
+/// runner or, with one runner, an empty task. Needs a second CPU (see
+/// [`spinning_producer`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spinning_producer_does_not_starve_a_pool_of_one_runner() {
+    if !common::needs_two_cpus() {
+        return;
+    }
     spinning_producer(1, false).await;
 }
 
 /// The same when the loop wakes the standby runner instead of starting
-/// one: tokio puts a woken task in the waker's LIFO slot too.
+/// one: tokio puts a woken task in the waker's LIFO slot too. Needs a
+/// second CPU (see [`spinning_producer`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spinning_producer_does_not_starve_a_woken_standby_runner() {
+    if !common::needs_two_cpus() {
+        return;
+    }
     spinning_producer(1, true).await;
     spinning_producer(8, true).await;
 }
@@ -86,9 +103,14 @@ async fn a_spinning_producer_does_not_starve_a_woken_standby_runner() {
 /// previous task ended does not hold up the tasks it leaves to that runner.
 /// (`tokio::task::yield_now` would defer the runner on that worker, where
 /// no other worker can take it: nothing ran until the loop ended.) With
-/// traffic: see [`with_traffic`].
+/// traffic: see [`with_traffic`]. Needs a second CPU, and skips on one:
+/// the other worker must steal and run the runner while the producer
+/// spins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_lingering_on_a_spinning_producers_worker_still_runs() {
+    if !common::needs_two_cpus() {
+        return;
+    }
     let bg = Builder::new("linger-spin").parallelism(1).build().unwrap();
     for round in 0..20 {
         let ran = Arc::new(AtomicU64::new(0));
@@ -328,9 +350,14 @@ async fn a_task_that_never_yields_does_not_hold_up_the_task_behind_it() {
 /// rely on that runner, they start their own, and their tasks run (the
 /// first task too: runners take tasks in order). With traffic: see
 /// [`with_traffic`] (without it, 1 run in about 40 failed here under load,
-/// the other caller's runner left in tokio's global queue).
+/// the other caller's runner left in tokio's global queue). Needs a second
+/// CPU, and skips on one: the other callers' tasks run on the other worker
+/// while the producer holds its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_producer_that_holds_its_worker_does_not_hold_up_other_callers() {
+    if !common::needs_two_cpus() {
+        return;
+    }
     let bg = Builder::new("other-callers")
         .parallelism(4)
         .build()

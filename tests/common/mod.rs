@@ -12,6 +12,37 @@ use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMete
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tracing_subscriber::layer::SubscriberExt;
 
+/// Whether this machine has a second CPU, for tests on a two-worker
+/// runtime that check what one worker does while a task holds the other:
+/// with one CPU the two workers take turns on it, and the test would
+/// measure the operating system's time slices instead of the pool. When
+/// there is one CPU, prints one line saying so and returns false, and the
+/// test returns early; under `CI=true` too, since CI cannot install a CPU.
+///
+/// Use as `if !common::needs_two_cpus() { return; }`.
+pub fn needs_two_cpus() -> bool {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    if cpus >= 2 {
+        return true;
+    }
+    skipped(&format!("needs a second CPU, this machine has {cpus}"));
+    false
+}
+
+/// Prints `skipped: {why}` as one line on the process's stderr, followed
+/// by `[test name]` when the harness named the thread after the test.
+/// Written past the harness's output capture (which `eprintln!` goes
+/// through), so that a plain `cargo test` shows it.
+fn skipped(why: &str) {
+    use std::io::Write as _;
+    let thread = std::thread::current();
+    let line = match thread.name() {
+        Some(test) if test != "main" => format!("skipped: {why} [{test}]"),
+        _ => format!("skipped: {why}"),
+    };
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// Spans exported synchronously into memory, and a subscriber that feeds
 /// them. Install the subscriber with `tracing::subscriber::set_default` on a
 /// current-thread runtime so runners see it too.
