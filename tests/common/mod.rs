@@ -12,6 +12,27 @@ use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMete
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tracing_subscriber::layer::SubscriberExt;
 
+/// Whether the external tool `name` a test needs is here (`found`, from
+/// the test's own lookup). When it is missing, prints one line saying so
+/// and returns false, and the test returns early: a plain `cargo test` on a
+/// machine where nothing was installed passes. With `CI=true` a missing
+/// tool panics instead, because there `./scripts/test` has installed every
+/// tool and a missing one is a broken setup, not a skip.
+///
+/// Use as `if !common::require_tool("chromium", path.exists()) { return; }`.
+#[track_caller]
+pub fn require_tool(name: &str, found: bool) -> bool {
+    if found {
+        return true;
+    }
+    let message = format!("{name} is missing (./scripts/test installs it)");
+    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+        panic!("{message}");
+    }
+    skipped(&message);
+    false
+}
+
 /// Whether this machine has a second CPU, for tests on a two-worker
 /// runtime that check what one worker does while a task holds the other:
 /// with one CPU the two workers take turns on it, and the test would
