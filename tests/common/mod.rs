@@ -1,5 +1,9 @@
 //! Test helpers: in-memory OpenTelemetry pipelines wired the way an
-//! application wires them (SDK providers + `tracing-opentelemetry` layer).
+//! application wires them (SDK providers + `tracing-opentelemetry` layer),
+//! and the skips of a test whose external tool (`require_tool`) or second
+//! CPU (`needs_two_cpus`) is missing. Each test binary compiles all of
+//! `common` and uses part of it, hence the `dead_code` allowance here and
+//! in each submodule.
 #![allow(dead_code, unreachable_pub)]
 
 pub mod otlp;
