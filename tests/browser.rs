@@ -14,15 +14,10 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use bg_queue::{BackgroundTx, Builder, DebugPage};
 
+/// Debian's `/usr/bin/chromium` (`CHROMIUM` overrides); `./scripts/test`
+/// installs it. The test checks it exists with `common::require_tool`.
 fn chromium() -> PathBuf {
-    let path = std::env::var_os("CHROMIUM")
-        .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
-    assert!(
-        path.exists(),
-        "{} is missing: `apt-get install chromium` (scripts/test does)",
-        path.display()
-    );
-    path
+    std::env::var_os("CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from)
 }
 
 /// Seconds a Chromium run may take before `timeout` kills it (exit status
@@ -59,6 +54,9 @@ fn queue(bg: &BackgroundTx, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_renders_depth_and_updates_it_live() {
+    if !common::require_tool("chromium", chromium().exists()) {
+        return;
+    }
     let bg = Builder::new("webhooks")
         .capacity(100)
         .parallelism(1)

@@ -4,8 +4,7 @@
 //! own library gives, and the README (and DESIGN.md, where present) list
 //! exactly the metrics in `METRICS`.
 
-#[path = "common/otlp.rs"]
-mod otlp;
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
@@ -13,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use bg_queue::{InstrumentKind, MetricDefinition, METRICS};
-use otlp::wire_kind;
+use common::otlp::wire_kind;
 
 /// Prometheus' OTLP translation of a unit into a name suffix (only the
 /// units this crate uses; `{...}` annotations are dropped).
@@ -65,21 +64,18 @@ fn translated() -> BTreeMap<String, BTreeSet<String>> {
 }
 
 /// `target/tools/prom-names` (`BG_QUEUE_PROM_NAMES` overrides): Prometheus'
-/// own OTLP name translation, built by `scripts/build_prom_names.py`.
+/// own OTLP name translation, built by `scripts/build_prom_names.py`
+/// (`./scripts/test` runs it). The test checks it exists with
+/// `common::require_tool`.
 fn prom_names() -> PathBuf {
-    let path = std::env::var_os("BG_QUEUE_PROM_NAMES")
-        .map_or_else(|| root().join("target/tools/prom-names"), PathBuf::from);
-    assert!(
-        path.exists(),
-        "{} is missing: run `python3 scripts/build_prom_names.py` (scripts/test does)",
-        path.display()
-    );
-    path
+    std::env::var_os("BG_QUEUE_PROM_NAMES")
+        .map_or_else(|| root().join("target/tools/prom-names"), PathBuf::from)
 }
 
 /// Runs Prometheus' translation on every metric of the crate, as its OTLP
-/// data type arrives on the wire (tests/otlp.rs checks that type).
-fn prometheus_translation() -> Vec<(String, BTreeSet<String>)> {
+/// data type arrives on the wire (tests/otlp.rs checks that type), with the
+/// program at `prom_names`.
+fn prometheus_translation(prom_names: &Path) -> Vec<(String, BTreeSet<String>)> {
     let input: String = METRICS
         .iter()
         .map(|def| {
@@ -92,7 +88,7 @@ fn prometheus_translation() -> Vec<(String, BTreeSet<String>)> {
             )
         })
         .collect();
-    let mut child = Command::new(prom_names())
+    let mut child = Command::new(prom_names)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -278,7 +274,11 @@ fn the_translation_matches_the_design_examples() {
 
 #[test]
 fn the_translation_here_is_the_one_prometheus_makes() {
-    let real = prometheus_translation();
+    let prom_names = prom_names();
+    if !common::require_tool("prom-names", prom_names.exists()) {
+        return;
+    }
+    let real = prometheus_translation(&prom_names);
     assert_eq!(real.len(), METRICS.len(), "one line per metric: {real:?}");
     for (def, (name, labels)) in METRICS.iter().zip(&real) {
         assert_eq!(

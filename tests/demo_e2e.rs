@@ -10,7 +10,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::otlp::{Receiver, WirePoint, WireSpan};
-use common::process::{example, free_port, report_field, start_demo, start_rotel, Proc};
+use common::process::{
+    example, free_port, report_field, rotel_agent, start_demo, start_rotel, Proc,
+};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
@@ -61,8 +63,12 @@ async fn json(client: &reqwest::Client, url: &str) -> serde_json::Value {
 }
 
 async fn end_to_end(protocol: &str) {
+    let agent = rotel_agent();
+    if !common::require_tool("rotel", agent.is_some()) {
+        return;
+    }
     let receiver = Receiver::start().await;
-    let (_rotel, rotel_grpc, rotel_http) = start_rotel(receiver.grpc);
+    let (_rotel, rotel_grpc, rotel_http) = start_rotel(&agent.unwrap(), receiver.grpc);
     let endpoint = match protocol {
         "grpc" => format!("http://127.0.0.1:{rotel_grpc}"),
         _ => format!("http://127.0.0.1:{rotel_http}"),

@@ -1,8 +1,13 @@
 //! Test helpers: in-memory OpenTelemetry pipelines wired the way an
-//! application wires them (SDK providers + `tracing-opentelemetry` layer).
+//! application wires them (SDK providers + `tracing-opentelemetry` layer),
+//! and the skips of a test whose external tool (`require_tool`) or second
+//! CPU (`needs_two_cpus`) is missing. Each test binary compiles all of
+//! `common` and uses part of it, hence the `dead_code` allowance here and
+//! in each submodule.
 #![allow(dead_code, unreachable_pub)]
 
 pub mod otlp;
+pub mod pool;
 pub mod process;
 
 use opentelemetry::trace::TracerProvider as _;
@@ -10,6 +15,58 @@ use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tracing_subscriber::layer::SubscriberExt;
+
+/// Whether the external tool `name` a test needs is here (`found`, from
+/// the test's own lookup). When it is missing, prints one line saying so
+/// and returns false, and the test returns early: a plain `cargo test` on a
+/// machine where nothing was installed passes. With `CI=true` a missing
+/// tool panics instead, because there `./scripts/test` has installed every
+/// tool and a missing one is a broken setup, not a skip.
+///
+/// Use as `if !common::require_tool("chromium", path.exists()) { return; }`.
+#[track_caller]
+pub fn require_tool(name: &str, found: bool) -> bool {
+    if found {
+        return true;
+    }
+    let message = format!("{name} is missing (./scripts/test installs it)");
+    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+        panic!("{message}");
+    }
+    skipped(&message);
+    false
+}
+
+/// Whether this machine has a second CPU, for tests on a two-worker
+/// runtime that check what one worker does while a task holds the other:
+/// with one CPU the two workers take turns on it, and the test would
+/// measure the operating system's time slices instead of the pool. When
+/// there is one CPU, prints one line saying so and returns false, and the
+/// test returns early; under `CI=true` too, since CI cannot install a CPU.
+///
+/// Use as `if !common::needs_two_cpus() { return; }`.
+pub fn needs_two_cpus() -> bool {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    if cpus >= 2 {
+        return true;
+    }
+    skipped(&format!("needs a second CPU, this machine has {cpus}"));
+    false
+}
+
+/// Prints `skipped: {why}` as one line on the process's stderr, followed
+/// by `[test name]` when the harness named the thread after the test.
+/// Written past the harness's output capture (which `eprintln!` goes
+/// through), so that a plain `cargo test` shows it.
+fn skipped(why: &str) {
+    use std::io::Write as _;
+    let thread = std::thread::current();
+    let line = match thread.name() {
+        Some(test) if test != "main" => format!("skipped: {why} [{test}]"),
+        _ => format!("skipped: {why}"),
+    };
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
 
 /// Spans exported synchronously into memory, and a subscriber that feeds
 /// them. Install the subscriber with `tracing::subscriber::set_default` on a
