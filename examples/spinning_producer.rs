@@ -17,55 +17,11 @@
 //! (this binary with `--burn`), as a busy machine would. `RUNS` sets the
 //! number of runs (default 20).
 
+#[path = "support/spin.rs"]
+mod spin;
+
 use std::process::{Child, Command};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const SPIN: Duration = Duration::from_millis(300);
-const CALLS: u64 = 50_000;
-
-/// One run: the tasks that ran during the spin, and those accepted.
-fn run_once() -> (u64, u64) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a 2-worker runtime");
-    runtime.block_on(async {
-        let bg = bg_queue::spawn_pool();
-        let ran = Arc::new(AtomicU64::new(0));
-        let producer = {
-            let bg = bg.clone();
-            let ran = Arc::clone(&ran);
-            tokio::spawn(async move {
-                let start = Instant::now();
-                let pace = SPIN.as_nanos() as u64 / CALLS;
-                let mut calls = 0u64;
-                // Never yields: this task holds its worker for the whole
-                // spin, as a CPU-bound handler would.
-                loop {
-                    let elapsed = start.elapsed();
-                    if elapsed >= SPIN {
-                        break;
-                    }
-                    if calls < CALLS && elapsed.as_nanos() as u64 >= calls * pace {
-                        let ran = Arc::clone(&ran);
-                        bg.spawn("noop", async move {
-                            ran.fetch_add(1, Ordering::Relaxed);
-                        });
-                        calls += 1;
-                    }
-                    std::hint::spin_loop();
-                }
-                ran.load(Ordering::Relaxed)
-            })
-        };
-        let ran_during_spin = producer.await.expect("the producer ends");
-        bg.idle().await;
-        (ran_during_spin, bg.snapshot().spawned)
-    })
-}
 
 /// Two CPU-bound processes, killed when dropped.
 struct Burners(Vec<Child>);
@@ -113,12 +69,12 @@ fn main() {
     let _burners = contended.then(Burners::start);
     let mut figures = Vec::with_capacity(runs);
     for run in 1..=runs {
-        let (ran, accepted) = run_once();
+        let (ran, accepted) = spin::run_once();
         println!("run {run:2}: {ran:6} ran during the spin, {accepted:6} accepted");
         figures.push(ran);
     }
     figures.sort_unstable();
-    let at_least = figures.iter().filter(|&&ran| ran >= 2048).count();
+    let at_least = figures.iter().filter(|&&ran| ran >= spin::PROMISED).count();
     println!(
         "spinning_producer{}: min {} median {} max {} ran during the spin; {at_least} of {runs} runs at least 2048",
         if contended { " (2 CPU-bound neighbours)" } else { "" },
