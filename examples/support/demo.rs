@@ -22,7 +22,7 @@ use rand::Rng as _;
 use serde::Deserialize;
 use serde_json::json;
 use tower::ServiceBuilder;
-use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -250,16 +250,18 @@ impl AppState {
 /// idle at most [`BODY_READ_TIMEOUT`] and at most [`MAX_BODY_BYTES`] long.
 pub fn public_router(state: AppState) -> Router {
     let bounded = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
-            overloaded()
+        .layer(HandleErrorLayer::new(|error: tower::BoxError| async move {
+            if error.is::<tower::timeout::error::Elapsed>() {
+                request_timeout()
+            } else {
+                overloaded()
+            }
         }))
         // Refuse at once when every permit is taken, instead of waiting.
         .load_shed()
         .concurrency_limit(state.webhook_concurrency)
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
-        ))
+        // Inside the bound, so a request that times out frees its permit.
+        .timeout(REQUEST_TIMEOUT)
         .layer(RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT));
     let app = Router::new()
         .route("/webhooks/stripe", post(stripe_webhook).layer(bounded))
@@ -294,6 +296,18 @@ fn traced(app: Router) -> Router {
                     span.record("http.response.status_code", response.status().as_u16());
                 },
             ),
+    )
+}
+
+/// 408 for a request not done within [`REQUEST_TIMEOUT`].
+fn request_timeout() -> Response {
+    error(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        format!(
+            "request not complete within {} s",
+            REQUEST_TIMEOUT.as_secs()
+        ),
     )
 }
 
