@@ -70,29 +70,21 @@ async fn run(config: Config) -> ExitCode {
         tracing::warn!("STRIPE_WEBHOOK_SECRET is not set: webhook signatures are NOT verified (local use only)");
     }
     let state = AppState::new(bg.clone(), &config);
-    let mut listeners = Vec::new();
-    for (name, address) in [
-        ("LISTEN_ADDR", config.listen),
-        ("DEBUG_LISTEN_ADDR", config.debug_listen),
-    ] {
-        match tokio::net::TcpListener::bind(address).await {
-            Ok(listener) => listeners.push(listener),
-            Err(error) => {
-                eprintln!("error: {name}: cannot listen on {address}: {error}");
-                return ExitCode::from(1);
-            }
-        }
-    }
-    let debug = listeners.pop().expect("two listeners");
-    let public = listeners.pop().expect("two listeners");
-    let (address, debug_address) = (public.local_addr().ok(), debug.local_addr().ok());
+    let Some(public) = bind("LISTEN_ADDR", config.listen).await else {
+        return ExitCode::from(1);
+    };
+    let Some(debug) = bind("DEBUG_LISTEN_ADDR", config.debug_listen).await else {
+        return ExitCode::from(1);
+    };
+    let address = public.local_addr().unwrap_or(config.listen);
+    let debug_address = debug.local_addr().unwrap_or(config.debug_listen);
     tracing::info!(
-        address = ?address,
-        debug_address = ?debug_address,
+        %address,
+        %debug_address,
         capacity = config.capacity,
         parallelism = config.parallelism,
         signatures = if config.webhook_secret.is_some() { "verified" } else { "NOT verified" },
-        "bg-queue demo listening; debug page on the debug address at /debug/bg"
+        "bg-queue demo listening on http://{address}; debug page on http://{debug_address}/debug/bg"
     );
 
     // Stop accepting on SIGTERM or ctrl-c; in-flight requests finish.
@@ -117,6 +109,14 @@ async fn run(config: Config) -> ExitCode {
         eprintln!("telemetry shutdown: {error}");
     }
     ExitCode::SUCCESS
+}
+
+/// Binds `address`, or says in one line why not.
+async fn bind(name: &str, address: std::net::SocketAddr) -> Option<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|error| eprintln!("error: {name}: cannot listen on {address}: {error}"))
+        .ok()
 }
 
 async fn shutdown_signal() {
