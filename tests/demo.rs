@@ -328,3 +328,78 @@ proptest! {
         }
     }
 }
+
+/// A signature computed outside this code (`openssl dgst -sha256 -hmac`,
+/// as the README's example request does), so `sign` and `verify` are
+/// checked against Stripe's scheme, not only against each other.
+#[test]
+fn signatures_match_an_independent_hmac_sha256() {
+    const SECRET: &str = "whsec_known_answer";
+    const T: u64 = 1_700_000_000;
+    let body = br#"{"id":"evt_kat","type":"checkout.session.completed"}"#;
+    let v1 = "49c5df6a4edb1ff08ed824dcca76d6008596b266dc16e3b9e7545ac51798ddd0";
+    assert_eq!(
+        signature::sign(&[SECRET], T, body),
+        format!("t={T},v1={v1}")
+    );
+    let header = format!("t={T},v0=ignored,v1={},v1={v1}", "0".repeat(64));
+    assert_eq!(
+        signature::verify(Some(header.as_bytes()), body, SECRET, T + 299),
+        Ok(())
+    );
+    assert_eq!(
+        signature::verify(Some(header.as_bytes()), body, SECRET, T + 301),
+        Err(signature::SignatureError::Expired { skew_secs: 301 })
+    );
+    assert_eq!(
+        signature::verify(Some(header.as_bytes()), &body[1..], SECRET, T),
+        Err(signature::SignatureError::Mismatch)
+    );
+    let uppercase = format!("t={T},v1={}", v1.to_uppercase());
+    assert_eq!(
+        signature::verify(Some(uppercase.as_bytes()), body, SECRET, T),
+        Ok(()),
+        "hex digits in either case"
+    );
+    for malformed in ["", "t=1", "v1=00", "t=1,t=2,v1=00", "t=-5,v1=00", "garbage"] {
+        assert!(
+            matches!(
+                signature::verify(Some(malformed.as_bytes()), body, SECRET, T),
+                Err(signature::SignatureError::Malformed(_))
+            ),
+            "{malformed:?}"
+        );
+    }
+    assert_eq!(
+        signature::verify(None, body, SECRET, T),
+        Err(signature::SignatureError::Missing)
+    );
+}
+
+#[test]
+fn the_log_throttle_lets_one_through_per_interval_and_counts_the_rest() {
+    let throttle = throttle::LogThrottle::new(Duration::from_secs(5));
+    let start = std::time::Instant::now();
+    assert_eq!(throttle.admit_at(start), Some(0));
+    for ms in [1, 1000, 4999] {
+        assert_eq!(throttle.admit_at(start + Duration::from_millis(ms)), None);
+    }
+    assert_eq!(throttle.admit_at(start + Duration::from_secs(5)), Some(3));
+    assert_eq!(throttle.admit_at(start + Duration::from_secs(6)), None);
+    assert_eq!(throttle.admit_at(start + Duration::from_secs(11)), Some(1));
+}
+
+#[test]
+fn the_two_listeners_must_differ() {
+    let error = Config::from_lookup(|key| match key {
+        "LISTEN_ADDR" | "DEBUG_LISTEN_ADDR" => Some("127.0.0.1:4000".to_owned()),
+        _ => None,
+    })
+    .unwrap_err();
+    assert!(error.starts_with("DEBUG_LISTEN_ADDR: "), "{error}");
+    let secret = Config::from_lookup(|key| {
+        (key == "STRIPE_WEBHOOK_SECRET").then(|| "whsec_do_not_print".to_owned())
+    })
+    .unwrap();
+    assert!(!format!("{secret:?}").contains("whsec_do_not_print"));
+}
