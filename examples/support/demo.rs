@@ -462,6 +462,8 @@ async fn stripe_webhook(
             )
         }
     };
+    // From here on nothing awaits: the request timeout (which drops this
+    // future) strikes before anything is enqueued or not at all.
     if let Some(secret) = &state.webhook_secret {
         let header = headers.get(signature::HEADER).map(HeaderValue::as_bytes);
         if let Err(rejected) = signature::verify(header, &body, secret, signature::unix_now()) {
