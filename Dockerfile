@@ -19,7 +19,11 @@ RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin bgqu
 COPY --from=build /out/webhook /out/loadgen /usr/local/bin/
 USER 10001:10001
 ENV LISTEN_ADDR=0.0.0.0:3000
-EXPOSE 3000
+# The debug listener stays on the container's loopback unless
+# DEBUG_LISTEN_ADDR says otherwise (docker-compose.yml sets 0.0.0.0:3001 and
+# publishes it on the host's loopback only): it shows task names and error
+# text (docs/security.md).
+EXPOSE 3000 3001
 # bash's /dev/tcp is enough for a health check; no curl in the image.
 HEALTHCHECK --interval=5s --timeout=3s --retries=10 \
   CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/3000 && printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q '^ok' <&3"]

@@ -14,9 +14,16 @@
 //! ctrl-c or SIGTERM), `--traceparent` (`LOADGEN_TRACEPARENT=1`). The summary
 //! is one JSON line on stdout: `sent`, `ok`, `errors`, `enqueued`, `dropped`
 //! and request `latency_ms` (`p50`, `p99`, `max`).
+//!
+//! With `STRIPE_WEBHOOK_SECRET` set (the same secret as the service), every
+//! request carries a `Stripe-Signature` for its exact body, as Stripe sends.
 
 #[path = "support/demo.rs"]
 mod demo;
+#[path = "support/signature.rs"]
+mod signature;
+#[path = "support/throttle.rs"]
+mod throttle;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -25,6 +32,7 @@ use rand::Rng as _;
 
 struct Args {
     target: String,
+    secret: Option<String>,
     rate: f64,
     count: Option<u64>,
     traceparent: bool,
@@ -34,6 +42,7 @@ fn parse_args() -> Result<Args, String> {
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let mut args = Args {
         target: env("LOADGEN_TARGET").unwrap_or_else(|| "http://127.0.0.1:3000".into()),
+        secret: env("STRIPE_WEBHOOK_SECRET"),
         rate: env("LOADGEN_RATE").map_or(Ok(5.0), |v| {
             v.parse()
                 .map_err(|_| format!("LOADGEN_RATE: not a number: {v:?}"))
@@ -130,7 +139,13 @@ async fn main() -> ExitCode {
         }
         tally.sent += 1;
         in_flight += 1;
-        let mut request = client.post(&url).json(&demo::checkout_event(tally.sent));
+        let body = demo::checkout_event(tally.sent).to_string();
+        let mut request = client.post(&url).header("content-type", "application/json");
+        if let Some(secret) = &args.secret {
+            let header = signature::sign(&[secret], signature::unix_now(), body.as_bytes());
+            request = request.header(signature::HEADER, header);
+        }
+        request = request.body(body);
         if args.traceparent {
             let mut rng = rand::rng();
             let trace: u128 = rng.random_range(1..u128::MAX);

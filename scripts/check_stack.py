@@ -82,9 +82,17 @@ def check_compose():
             check(tag and tag != "latest" and re.search(r"\d", tag), f"{name}: image {image} is pinned")
     for name, config in configs.items():
         check((ROOT / config["file"]).is_file(), f"config {name}: {config['file']} exists")
-    ports = {name: [str(p).split(":")[0] for p in s.get("ports", [])] for name, s in services.items()}
-    for service, port in [("app", "3000"), ("jaeger", "16686"), ("grafana", "3001"), ("prometheus", "9090")]:
+    # "[host_ip:]host_port:container_port": the host port is the second
+    # field from the right.
+    ports = {name: [str(p).split(":")[-2] for p in s.get("ports", [])] for name, s in services.items()}
+    for service, port in [("app", "3000"), ("app", "3001"), ("jaeger", "16686"), ("grafana", "3002"),
+                          ("prometheus", "9090")]:
         check(port in ports[service], f"{service} publishes port {port} (as the README says)")
+    # The debug page shows task names and error text: on the host's
+    # loopback only, never on every interface.
+    debug = [str(p) for p in services["app"].get("ports", []) if str(p).split(":")[-1] == "3001"]
+    check(debug and all(p.startswith("127.0.0.1:") for p in debug),
+          "app publishes the debug port on 127.0.0.1 only")
     for name, service in services.items():
         if name in ("app", "prometheus", "grafana"):
             check("healthcheck" in service, f"{name} has a healthcheck")

@@ -34,7 +34,7 @@
 //! many consumers; with one consumer, a receive needs no compare-and-swap.
 //! `benches/inbox.rs` measures the two side by side (figures in
 //! `BENCHMARKS.md`, "Inbox"). The concurrency is checked by the `loom`
-//! models in `src/inbox/` (`./scripts/loom`).
+//! models in `src/tests/loom_inbox.rs` (`./scripts/loom`).
 
 use std::mem::MaybeUninit;
 use std::sync::Arc;

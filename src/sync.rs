@@ -3,7 +3,7 @@
 //!
 //! Normally these are `std`'s. Built with `RUSTFLAGS="--cfg bg_queue_loom"`
 //! they are `loom`'s, whose model checker runs every interleaving of a
-//! small test (`src/tests/`, run by `./scripts/loom`). The cfg is not the
+//! small test (`src/tests/loom_inbox.rs`, `src/pool/loom_runner_protocol.rs`, run by `./scripts/loom`). The cfg is not the
 //! usual `loom`: tokio reads that one too, and would then need `loom`
 //! itself. Only the protocol state goes through here: the inbox's ring,
 //! the admission word and the runner word. Everything else (counters under

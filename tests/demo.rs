@@ -4,6 +4,10 @@
 mod common;
 #[path = "../examples/support/demo.rs"]
 mod demo;
+#[path = "../examples/support/signature.rs"]
+mod signature;
+#[path = "../examples/support/throttle.rs"]
+mod throttle;
 
 use std::process::Command;
 use std::time::Duration;
@@ -15,27 +19,37 @@ use http_body_util::BodyExt as _;
 use proptest::prelude::*;
 use tower::ServiceExt as _;
 
+/// Unsigned webhooks accepted (no secret), no delay, no failures.
 fn state(capacity: usize) -> AppState {
-    AppState {
-        bg: bg_queue::Builder::new("demo-test")
-            .capacity(capacity)
-            .parallelism(1)
-            .build()
-            .unwrap(),
-        email_delay: Duration::ZERO,
-        failure_rate: 0.0,
-    }
+    let config = Config::from_lookup(|name| match name {
+        "DEMO_EMAIL_DELAY_MS" | "DEMO_FAILURE_RATE" => Some("0".to_owned()),
+        _ => None,
+    })
+    .unwrap();
+    let bg = bg_queue::Builder::new("demo-test")
+        .capacity(capacity)
+        .parallelism(1)
+        .build()
+        .unwrap();
+    AppState::new(bg, &config)
 }
 
 async fn post(state: &AppState, body: impl Into<Body>) -> (StatusCode, serde_json::Value) {
-    let app = demo::router(state.clone(), "http://jaeger.test:16686");
+    post_as(state, "application/json", body).await
+}
+
+async fn post_as(
+    state: &AppState,
+    content_type: &str,
+    body: impl Into<Body>,
+) -> (StatusCode, serde_json::Value) {
+    let app = demo::public_router(state.clone());
+    let mut request = Request::post("/webhooks/stripe");
+    if !content_type.is_empty() {
+        request = request.header("content-type", content_type);
+    }
     let response = app
-        .oneshot(
-            Request::post("/webhooks/stripe")
-                .header("content-type", "application/json")
-                .body(body.into())
-                .unwrap(),
-        )
+        .oneshot(request.body(body.into()).unwrap())
         .await
         .unwrap();
     let status = response.status();
@@ -93,13 +107,60 @@ async fn malformed_json_is_a_400_with_a_message_and_enqueues_nothing() {
 }
 
 #[tokio::test]
-async fn a_body_over_64_kib_is_a_413() {
+async fn a_body_over_64_kib_is_a_413_with_a_json_error_and_enqueues_nothing() {
     let state = state(16);
     let mut event = demo::checkout_event(1);
     event["padding"] = serde_json::Value::String("x".repeat(demo::MAX_BODY_BYTES));
-    let (status, _) = post(&state, event.to_string()).await;
+    let (status, json) = post(&state, event.to_string()).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(state.bg.snapshot().spawned, 0);
+    assert_eq!(json["code"], "body_too_large", "{json}");
+    assert!(json["error"].as_str().unwrap().contains("64 KiB"), "{json}");
+    // Without a content length (streamed), the limit holds while reading.
+    let chunks = futures_chunks(event.to_string().into_bytes());
+    let (status, json) = post(&state, Body::from_stream(chunks)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(json["code"], "body_too_large", "{json}");
+    // Exactly at the limit is still read (and is then not a valid event).
+    let (status, json) = post(&state, vec![b' '; demo::MAX_BODY_BYTES]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
+    let snapshot = state.bg.snapshot();
+    assert_eq!(snapshot.spawned + snapshot.dropped, 0);
+}
+
+/// `bytes` as a stream of 1 KiB chunks (a body with no content length).
+fn futures_chunks(
+    bytes: Vec<u8>,
+) -> impl tokio_stream::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
+    let chunks: Vec<_> = bytes.chunks(1024).map(|c| Ok(c.to_vec())).collect();
+    tokio_stream::iter(chunks)
+}
+
+#[tokio::test]
+async fn a_content_type_other_than_json_is_a_415_with_a_json_error_and_enqueues_nothing() {
+    let state = state(16);
+    let event = demo::checkout_event(1).to_string();
+    for content_type in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/jsonx",
+        "",
+    ] {
+        let (status, json) = post_as(&state, content_type, event.clone()).await;
+        assert_eq!(
+            status,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{content_type:?}"
+        );
+        assert_eq!(json["code"], "unsupported_media_type", "{json}");
+        assert!(json["error"].as_str().unwrap().contains("application/json"));
+    }
+    let snapshot = state.bg.snapshot();
+    assert_eq!(snapshot.spawned + snapshot.dropped, 0);
+    // JSON with parameters, in any case, is JSON.
+    for content_type in ["application/json; charset=utf-8", "Application/JSON"] {
+        let (status, json) = post_as(&state, content_type, event.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{content_type:?}: {json}");
+    }
 }
 
 #[tokio::test]
@@ -124,20 +185,32 @@ async fn drops_are_reported_in_the_response() {
 }
 
 #[tokio::test]
-async fn healthz_and_debug_routes_are_served() {
+async fn debug_routes_are_on_the_debug_router_only() {
     let state = state(16);
-    for (path, status) in [
-        ("/healthz", StatusCode::OK),
-        ("/debug/bg", StatusCode::OK),
-        ("/debug/bg.json", StatusCode::OK),
-        ("/nope", StatusCode::NOT_FOUND),
+    for (path, public, debug) in [
+        ("/healthz", StatusCode::OK, StatusCode::OK),
+        ("/debug/bg", StatusCode::NOT_FOUND, StatusCode::OK),
+        ("/debug/bg.json", StatusCode::NOT_FOUND, StatusCode::OK),
+        (
+            "/webhooks/stripe",
+            StatusCode::METHOD_NOT_ALLOWED,
+            StatusCode::NOT_FOUND,
+        ),
+        ("/nope", StatusCode::NOT_FOUND, StatusCode::NOT_FOUND),
     ] {
-        let app = demo::router(state.clone(), "http://jaeger.test:16686");
-        let response = app
-            .oneshot(Request::get(path).body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(response.status(), status, "{path}");
+        for (router, status) in [
+            (demo::public_router(state.clone()), public),
+            (
+                demo::debug_router(&state, "http://jaeger.test:16686"),
+                debug,
+            ),
+        ] {
+            let response = router
+                .oneshot(Request::get(path).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(response.status(), status, "{path}");
+        }
     }
 }
 
@@ -145,7 +218,10 @@ async fn healthz_and_debug_routes_are_served() {
 fn configuration_defaults_and_errors_name_the_variable() {
     let config = Config::from_lookup(|_| None).unwrap();
     assert_eq!(config.listen.to_string(), "127.0.0.1:3000");
+    assert_eq!(config.debug_listen.to_string(), "127.0.0.1:3001");
     assert_eq!((config.capacity, config.parallelism), (1024, 8));
+    assert_eq!(config.webhook_secret, None);
+    assert_eq!(config.webhook_concurrency, 256);
     let cases = [
         ("BG_CAPACITY", "0"),
         ("BG_CAPACITY", "lots"),
@@ -155,6 +231,9 @@ fn configuration_defaults_and_errors_name_the_variable() {
         ("DEMO_FAILURE_RATE", "2"),
         ("LISTEN_ADDR", "localhost"),
         ("JAEGER_UI_URL", "jaeger:16686"),
+        ("DEBUG_LISTEN_ADDR", "3001"),
+        ("WEBHOOK_CONCURRENCY", "0"),
+        ("STRIPE_WEBHOOK_SECRET", " "),
     ];
     for (name, value) in cases {
         let error = Config::from_lookup(|key| (key == name).then(|| value.to_owned())).unwrap_err();
@@ -171,6 +250,7 @@ fn the_built_demo_exits_non_zero_on_bad_settings_before_binding() {
         ("BG_CAPACITY", "0"),
         ("LISTEN_ADDR", "nowhere"),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon"),
+        ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/json"),
     ] {
         let proc = common::process::Proc::spawn(
             "demo",
@@ -247,4 +327,79 @@ proptest! {
             prop_assert_eq!(accepted, 0);
         }
     }
+}
+
+/// A signature computed outside this code (`openssl dgst -sha256 -hmac`,
+/// as the README's example request does), so `sign` and `verify` are
+/// checked against Stripe's scheme, not only against each other.
+#[test]
+fn signatures_match_an_independent_hmac_sha256() {
+    const SECRET: &str = "whsec_known_answer";
+    const T: u64 = 1_700_000_000;
+    let body = br#"{"id":"evt_kat","type":"checkout.session.completed"}"#;
+    let v1 = "49c5df6a4edb1ff08ed824dcca76d6008596b266dc16e3b9e7545ac51798ddd0";
+    assert_eq!(
+        signature::sign(&[SECRET], T, body),
+        format!("t={T},v1={v1}")
+    );
+    let header = format!("t={T},v0=ignored,v1={},v1={v1}", "0".repeat(64));
+    assert_eq!(
+        signature::verify(Some(header.as_bytes()), body, SECRET, T + 299),
+        Ok(())
+    );
+    assert_eq!(
+        signature::verify(Some(header.as_bytes()), body, SECRET, T + 301),
+        Err(signature::SignatureError::Expired { skew_secs: 301 })
+    );
+    assert_eq!(
+        signature::verify(Some(header.as_bytes()), &body[1..], SECRET, T),
+        Err(signature::SignatureError::Mismatch)
+    );
+    let uppercase = format!("t={T},v1={}", v1.to_uppercase());
+    assert_eq!(
+        signature::verify(Some(uppercase.as_bytes()), body, SECRET, T),
+        Ok(()),
+        "hex digits in either case"
+    );
+    for malformed in ["", "t=1", "v1=00", "t=1,t=2,v1=00", "t=-5,v1=00", "garbage"] {
+        assert!(
+            matches!(
+                signature::verify(Some(malformed.as_bytes()), body, SECRET, T),
+                Err(signature::SignatureError::Malformed(_))
+            ),
+            "{malformed:?}"
+        );
+    }
+    assert_eq!(
+        signature::verify(None, body, SECRET, T),
+        Err(signature::SignatureError::Missing)
+    );
+}
+
+#[test]
+fn the_log_throttle_lets_one_through_per_interval_and_counts_the_rest() {
+    let throttle = throttle::LogThrottle::new(Duration::from_secs(5));
+    let start = std::time::Instant::now();
+    assert_eq!(throttle.admit_at(start), Some(0));
+    for ms in [1, 1000, 4999] {
+        assert_eq!(throttle.admit_at(start + Duration::from_millis(ms)), None);
+    }
+    assert_eq!(throttle.admit_at(start + Duration::from_secs(5)), Some(3));
+    assert_eq!(throttle.admit_at(start + Duration::from_secs(6)), None);
+    assert_eq!(throttle.admit_at(start + Duration::from_secs(11)), Some(1));
+}
+
+#[test]
+fn the_two_listeners_must_differ() {
+    let error = Config::from_lookup(|key| match key {
+        "LISTEN_ADDR" | "DEBUG_LISTEN_ADDR" => Some("127.0.0.1:4000".to_owned()),
+        _ => None,
+    })
+    .unwrap_err();
+    assert!(error.starts_with("DEBUG_LISTEN_ADDR: "), "{error}");
+    let secret = Config::from_lookup(|key| {
+        (key == "STRIPE_WEBHOOK_SECRET").then(|| "whsec_do_not_print".to_owned())
+    })
+    .unwrap();
+    assert!(!format!("{secret:?}").contains("whsec_do_not_print"));
 }

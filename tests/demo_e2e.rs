@@ -4,6 +4,8 @@
 //! generator's count and the shutdown report, over gRPC and HTTP/protobuf.
 
 mod common;
+#[path = "../examples/support/signature.rs"]
+mod signature;
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -16,10 +18,14 @@ use common::process::{
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
+const SECRET: &str = "whsec_e2e_test_secret";
 
-/// The demo's settings for these tests: a small pool, fast exports.
-fn demo_settings(endpoint: &str, protocol: &str) -> Vec<(&'static str, String)> {
+/// The demo's settings for these tests: a small pool, fast exports,
+/// signatures checked, the debug page on `debug_port`.
+fn demo_settings(endpoint: &str, protocol: &str, debug_port: u16) -> Vec<(&'static str, String)> {
     vec![
+        ("DEBUG_LISTEN_ADDR", format!("127.0.0.1:{debug_port}")),
+        ("STRIPE_WEBHOOK_SECRET", SECRET.into()),
         ("BG_CAPACITY", "4".into()),
         ("BG_PARALLELISM", "1".into()),
         ("BG_SHUTDOWN_GRACE_SECS", "10".into()),
@@ -73,9 +79,10 @@ async fn end_to_end(protocol: &str) {
         "grpc" => format!("http://127.0.0.1:{rotel_grpc}"),
         _ => format!("http://127.0.0.1:{rotel_http}"),
     };
-    let port = free_port();
-    let demo = start_demo(port, &demo_settings(&endpoint, protocol));
+    let (port, debug_port) = (free_port(), free_port());
+    let demo = start_demo(port, &demo_settings(&endpoint, protocol, debug_port));
     let base = format!("http://127.0.0.1:{port}");
+    let debug_base = format!("http://127.0.0.1:{debug_port}");
     let client = reqwest::Client::new();
 
     // One webhook inside the caller's trace.
@@ -83,10 +90,16 @@ async fn end_to_end(protocol: &str) {
         "id": "evt_traced", "type": "checkout.session.completed",
         "data": {"object": {"id": "cs_traced", "customer_email": "a@example.com", "amount_total": 4200}}
     });
+    let body = body.to_string();
     let response = client
         .post(format!("{base}/webhooks/stripe"))
         .header("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN}-01"))
-        .json(&body)
+        .header("content-type", "application/json")
+        .header(
+            signature::HEADER,
+            signature::sign(&[SECRET], signature::unix_now(), body.as_bytes()),
+        )
+        .body(body)
         .send()
         .await
         .unwrap();
@@ -136,6 +149,7 @@ async fn end_to_end(protocol: &str) {
     let loadgen = Proc::spawn(
         "loadgen",
         Command::new(example("loadgen"))
+            .env("STRIPE_WEBHOOK_SECRET", SECRET)
             .args(["--target", &base, "--rate", "2000", "--count", "30"]),
     );
     let (status, stdout) =
@@ -153,7 +167,7 @@ async fn end_to_end(protocol: &str) {
 
     // Wait for the pool to drain (an external process: poll its page, woken
     // by each metric export in between).
-    let mut page = json(&client, &format!("{base}/debug/bg.json")).await;
+    let mut page = json(&client, &format!("{debug_base}/debug/bg.json")).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while page["pools"][0]["queued"] != 0 || page["pools"][0]["running"] != 0 {
         assert!(
@@ -166,7 +180,7 @@ async fn end_to_end(protocol: &str) {
                 (r.requests() > seen).then_some(())
             })
             .await;
-        page = json(&client, &format!("{base}/debug/bg.json")).await;
+        page = json(&client, &format!("{debug_base}/debug/bg.json")).await;
     }
     let pool = &page["pools"][0];
     assert_eq!(pool["dropped"].as_u64().unwrap(), dropped, "{pool}");

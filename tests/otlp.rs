@@ -3,8 +3,6 @@
 //! of the contract.
 
 mod common;
-#[path = "../examples/support/telemetry.rs"]
-mod telemetry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,24 +11,72 @@ use bg_queue::{Builder, METRICS};
 use common::otlp::{wire_kind, Receiver, WireSpan};
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_otlp::{MetricExporter, SpanExporter, WithExportConfig as _};
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use telemetry::{Protocol, Providers};
+use opentelemetry_sdk::Resource;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 use tracing_subscriber::layer::SubscriberExt;
 
-async fn flush(providers: &Providers) {
-    let tracer = providers.tracer.clone().unwrap();
-    let meter = providers.meter.clone().unwrap();
-    // The exports run on this (current-thread) runtime: flush from a
-    // blocking thread so the runtime stays free to run them.
-    tokio::task::spawn_blocking(move || {
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy)]
+enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+/// OTLP providers (the SDK's batch span processor and periodic reader)
+/// exporting to `endpoint`, given explicitly: the `OTEL_*` variables are
+/// process-wide and these tests run side by side.
+fn otlp_providers(protocol: Protocol, endpoint: &str) -> (SdkTracerProvider, SdkMeterProvider) {
+    let (spans, metrics) = match protocol {
+        Protocol::Grpc => (
+            SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build(),
+            MetricExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build(),
+        ),
+        Protocol::HttpProtobuf => (
+            SpanExporter::builder()
+                .with_http()
+                .with_endpoint(format!("{endpoint}/v1/traces"))
+                .build(),
+            MetricExporter::builder()
+                .with_http()
+                .with_endpoint(format!("{endpoint}/v1/metrics"))
+                .build(),
+        ),
+    };
+    let resource = Resource::builder().with_service_name("otlp-test").build();
+    let tracer = SdkTracerProvider::builder()
+        .with_batch_exporter(spans.unwrap())
+        .with_resource(resource.clone())
+        .build();
+    let meter = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(metrics.unwrap()).build())
+        .with_resource(resource)
+        .build();
+    (tracer, meter)
+}
+
+/// Runs `f` on a blocking thread: the exporters' gRPC connections live on
+/// this (current-thread) runtime, which must stay free to drive them.
+async fn off_runtime(f: impl FnOnce() + Send + 'static) {
+    tokio::task::spawn_blocking(f).await.unwrap();
+}
+
+async fn flush(tracer: &SdkTracerProvider, meter: &SdkMeterProvider) {
+    let (tracer, meter) = (tracer.clone(), meter.clone());
+    off_runtime(move || {
         tracer.force_flush().unwrap();
         meter.force_flush().unwrap();
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 /// Keeps a reference to both providers and leaks it if the test panics.
@@ -57,9 +103,7 @@ async fn spans_and_metrics_arrive_over(protocol: Protocol) {
         Protocol::Grpc => format!("http://{}", receiver.grpc),
         Protocol::HttpProtobuf => format!("http://{}", receiver.http),
     };
-    let providers = Providers::otlp_to(protocol, Some(&endpoint), "otlp-test").unwrap();
-    let tracer_provider = providers.tracer.clone().unwrap();
-    let meter_provider = providers.meter.clone().unwrap();
+    let (tracer_provider, meter_provider) = otlp_providers(protocol, &endpoint);
     let _leak_on_panic = LeakOnPanic(Some((tracer_provider.clone(), meter_provider.clone())));
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(tracer_provider.tracer("app")));
@@ -86,7 +130,7 @@ async fn spans_and_metrics_arrive_over(protocol: Protocol) {
     .await;
     gate.add_permits(1);
     bg.idle().await;
-    flush(&providers).await;
+    flush(&tracer_provider, &meter_provider).await;
 
     let spans = receiver
         .wait_until("five spans", Duration::from_secs(20), |r| {
@@ -155,7 +199,11 @@ async fn spans_and_metrics_arrive_over(protocol: Protocol) {
     assert_eq!(duration.attr("bg.task.outcome"), Some("ok"));
 
     drop(_guard);
-    providers.shutdown().await.unwrap();
+    off_runtime(move || {
+        tracer_provider.shutdown().unwrap();
+        meter_provider.shutdown().unwrap();
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -1,15 +1,19 @@
-//! The demo service's parts: configuration from the environment, the
-//! router, the webhook handler and the simulated email work. Kept apart from
-//! `webhook.rs` (which wires and runs them) so tests can drive the router
-//! with `oneshot` and no server.
+//! The demo service's parts: configuration from the environment, the two
+//! routers (the public webhook listener and the debug listener), the webhook
+//! handler and the simulated email work. Kept apart from `webhook.rs` (which
+//! wires and runs them) so tests can drive the routers with `oneshot` and no
+//! server.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, MatchedPath, State};
-use axum::http::{HeaderMap, Request, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -17,33 +21,80 @@ use bg_queue::BackgroundTx;
 use rand::Rng as _;
 use serde::Deserialize;
 use serde_json::json;
+use tower::ServiceBuilder;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use crate::signature;
+use crate::throttle::LogThrottle;
+
 /// Largest accepted webhook body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// Longest the body may go without sending a byte once headers are in;
+/// past it the webhook answers 408.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest one webhook request may take from its headers to its answer,
+/// however steadily its body trickles in; past it the answer is 408.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a sender turned away by the concurrency bound is told to wait, in
+/// seconds, before retrying (`Retry-After`).
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+/// At most one signature-rejection line per this interval reaches the log.
+pub const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Settings read from the environment; every one has a default.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub debug_listen: SocketAddr,
     pub capacity: usize,
     pub parallelism: usize,
     pub shutdown_grace: Duration,
     pub email_delay: Duration,
     pub failure_rate: f64,
     pub jaeger_ui_url: String,
+    /// `STRIPE_WEBHOOK_SECRET`; `None` means signatures are not checked.
+    pub webhook_secret: Option<String>,
+    pub webhook_concurrency: usize,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("debug_listen", &self.debug_listen)
+            .field("capacity", &self.capacity)
+            .field("parallelism", &self.parallelism)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("email_delay", &self.email_delay)
+            .field("failure_rate", &self.failure_rate)
+            .field("jaeger_ui_url", &self.jaeger_ui_url)
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| "<set>"),
+            )
+            .field("webhook_concurrency", &self.webhook_concurrency)
+            .finish()
+    }
 }
 
 impl Config {
-    /// Reads `LISTEN_ADDR`, `BG_CAPACITY`, `BG_PARALLELISM`,
-    /// `BG_SHUTDOWN_GRACE_SECS`, `DEMO_EMAIL_DELAY_MS`, `DEMO_FAILURE_RATE`
-    /// and `JAEGER_UI_URL`.
+    /// Reads `LISTEN_ADDR`, `DEBUG_LISTEN_ADDR`, `BG_CAPACITY`,
+    /// `BG_PARALLELISM`, `BG_SHUTDOWN_GRACE_SECS`, `DEMO_EMAIL_DELAY_MS`,
+    /// `DEMO_FAILURE_RATE`, `JAEGER_UI_URL`, `STRIPE_WEBHOOK_SECRET` and
+    /// `WEBHOOK_CONCURRENCY`.
     ///
     /// # Errors
     ///
-    /// A one-line message naming the variable, its value and what it takes.
+    /// A one-line message naming the variable, its value and what it takes
+    /// (never the secret's value).
     pub fn from_env() -> Result<Self, String> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -72,6 +123,18 @@ impl Config {
             "an address like 127.0.0.1:3000",
             |_| true,
         )?;
+        let debug_listen = parse(
+            &get,
+            "DEBUG_LISTEN_ADDR",
+            SocketAddr::from(([127, 0, 0, 1], 3001)),
+            "an address like 127.0.0.1:3001",
+            |_| true,
+        )?;
+        if debug_listen == listen && listen.port() != 0 {
+            return Err(format!(
+                "DEBUG_LISTEN_ADDR: must differ from LISTEN_ADDR, both are {listen}"
+            ));
+        }
         let capacity = parse(
             &get,
             "BG_CAPACITY",
@@ -107,6 +170,13 @@ impl Config {
             "a fraction from 0 to 1",
             |v: &f64| (0.0..=1.0).contains(v),
         )?;
+        let webhook_concurrency = parse(
+            &get,
+            "WEBHOOK_CONCURRENCY",
+            256,
+            "a whole number from 1 to 65536",
+            |v| (1..=65_536).contains(v),
+        )?;
         let jaeger_ui_url = get("JAEGER_UI_URL")
             .filter(|v| !v.trim().is_empty())
             .unwrap_or_else(|| bg_queue::DEFAULT_JAEGER_UI_URL.to_owned());
@@ -115,14 +185,30 @@ impl Config {
                 "JAEGER_UI_URL: expected an http(s) address, got {jaeger_ui_url:?}"
             ));
         }
+        let webhook_secret = match get("STRIPE_WEBHOOK_SECRET") {
+            None => None,
+            // Set but blank is a deployment mistake, not a wish to skip
+            // verification: refuse rather than run unprotected.
+            Some(secret) if secret.trim().is_empty() => {
+                return Err(
+                    "STRIPE_WEBHOOK_SECRET: set but empty (unset it to run without \
+                     signature checks)"
+                        .to_owned(),
+                )
+            }
+            Some(secret) => Some(secret),
+        };
         Ok(Config {
             listen,
+            debug_listen,
             capacity,
             parallelism,
             shutdown_grace: Duration::from_secs_f64(grace),
             email_delay: Duration::from_millis(delay),
             failure_rate,
             jaeger_ui_url,
+            webhook_secret,
+            webhook_concurrency,
         })
     }
 }
@@ -133,29 +219,109 @@ pub struct AppState {
     pub bg: BackgroundTx,
     pub email_delay: Duration,
     pub failure_rate: f64,
+    /// The endpoint secret; `None` accepts unsigned webhooks (local use).
+    pub webhook_secret: Option<Arc<str>>,
+    /// Webhook requests handled at once; beyond it, 503 + `Retry-After`.
+    pub webhook_concurrency: usize,
+    /// Throttles the WARN line logged for each rejected signature.
+    pub rejections: Arc<LogThrottle>,
 }
 
-/// The demo's routes: the webhook, `/healthz` and the debug page.
-pub fn router(state: AppState, jaeger_ui_url: &str) -> Router {
+impl AppState {
+    /// The state for `bg` with the webhook settings of `config`.
+    pub fn new(bg: BackgroundTx, config: &Config) -> Self {
+        AppState {
+            bg,
+            email_delay: config.email_delay,
+            failure_rate: config.failure_rate,
+            webhook_secret: config.webhook_secret.as_deref().map(Arc::from),
+            webhook_concurrency: config.webhook_concurrency,
+            rejections: Arc::new(LogThrottle::new(REJECTION_LOG_INTERVAL)),
+        }
+    }
+}
+
+/// The public listener's routes: `POST /webhooks/stripe` and `/healthz`;
+/// anything else, `/debug/*` included, is a 404.
+///
+/// The webhook route is bounded: at most `state.webhook_concurrency`
+/// requests inside it at once (the rest get 503 with `Retry-After` at once,
+/// never a queue), each finished within [`REQUEST_TIMEOUT`], its body
+/// idle at most [`BODY_READ_TIMEOUT`] and at most [`MAX_BODY_BYTES`] long.
+pub fn public_router(state: AppState) -> Router {
+    let bounded = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|error: tower::BoxError| async move {
+            if error.is::<tower::timeout::error::Elapsed>() {
+                request_timeout()
+            } else {
+                overloaded()
+            }
+        }))
+        // Refuse at once when every permit is taken, instead of waiting.
+        .load_shed()
+        .concurrency_limit(state.webhook_concurrency)
+        // Inside the bound, so a request that times out frees its permit.
+        .timeout(REQUEST_TIMEOUT)
+        .layer(RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT));
+    let app = Router::new()
+        .route("/webhooks/stripe", post(stripe_webhook).layer(bounded))
+        .route("/healthz", get(healthz))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state);
+    traced(app)
+}
+
+/// The debug listener's routes: `/debug/bg`, `/debug/bg.json` and
+/// `/healthz`. The page shows task names and error text: serve it on a
+/// private address, or behind the service's own auth (docs/security.md).
+pub fn debug_router(state: &AppState, jaeger_ui_url: &str) -> Router {
     let debug = bg_queue::DebugPage::new()
         .pool(state.bg.clone())
         .jaeger_ui_url(jaeger_ui_url)
         .router();
-    Router::new()
-        .route("/webhooks/stripe", post(stripe_webhook))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(state)
-        .merge(debug)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(server_span)
-                .on_response(
-                    |response: &Response, _latency: Duration, span: &tracing::Span| {
-                        span.record("http.response.status_code", response.status().as_u16());
-                    },
-                ),
-        )
+    traced(debug.route("/healthz", get(healthz)))
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Wraps `app` in the server span layer.
+fn traced(app: Router) -> Router {
+    app.layer(
+        TraceLayer::new_for_http()
+            .make_span_with(server_span)
+            .on_response(
+                |response: &Response, _latency: Duration, span: &tracing::Span| {
+                    span.record("http.response.status_code", response.status().as_u16());
+                },
+            ),
+    )
+}
+
+/// 408 for a request not done within [`REQUEST_TIMEOUT`].
+fn request_timeout() -> Response {
+    error(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        format!(
+            "request not complete within {} s",
+            REQUEST_TIMEOUT.as_secs()
+        ),
+    )
+}
+
+/// 503 with `Retry-After`: the sender (Stripe) retries, so nothing is lost.
+fn overloaded() -> Response {
+    let mut response = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        format!("too many webhook requests at once; retry in {RETRY_AFTER_SECS} s"),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    response
 }
 
 /// An HTTP server span per request, continuing the caller's trace when a
@@ -221,14 +387,100 @@ struct CustomerDetails {
     email: Option<String>,
 }
 
+/// A JSON error answer: `{"error": message, "code": code}`.
+fn error(status: StatusCode, code: &'static str, message: String) -> Response {
+    (status, Json(json!({ "error": message, "code": code }))).into_response()
+}
+
 fn bad_request(message: String) -> Response {
-    (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response()
+    error(StatusCode::BAD_REQUEST, "malformed_event", message)
+}
+
+/// `application/json`, with or without parameters (`; charset=utf-8`).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Whether the body failed because the sender went quiet for longer than
+/// [`BODY_READ_TIMEOUT`].
+fn is_body_timeout(rejection: &BytesRejection) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(error) = source {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// `POST /webhooks/stripe`: on `checkout.session.completed`, enqueue the
-/// receipt email and the mailing-list subscription. The body is parsed here
-/// (not by `Json`) so that every malformed body is a 400 with a message.
-async fn stripe_webhook(State(state): State<AppState>, body: Bytes) -> Response {
+/// receipt email and the mailing-list subscription.
+///
+/// Checked in order, each failure a JSON error that enqueues nothing: the
+/// content type (415), the body's size (413) and arrival (408), the
+/// signature when a secret is set (400), the event (400). The body is read
+/// as bytes (not by `Json`) because the signature covers the raw bytes and
+/// every malformed body must be a 400 with a message.
+async fn stripe_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if !is_json(&headers) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "content-type must be application/json".to_owned(),
+        );
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("body over {} KiB", MAX_BODY_BYTES / 1024),
+            )
+        }
+        Err(rejection) if is_body_timeout(&rejection) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("no body bytes for {} s", BODY_READ_TIMEOUT.as_secs()),
+            )
+        }
+        Err(rejection) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "body_unreadable",
+                format!("could not read the body: {}", rejection.body_text()),
+            )
+        }
+    };
+    // From here on nothing awaits: the request timeout (which drops this
+    // future) strikes before anything is enqueued or not at all.
+    if let Some(secret) = &state.webhook_secret {
+        let header = headers.get(signature::HEADER).map(HeaderValue::as_bytes);
+        if let Err(rejected) = signature::verify(header, &body, secret, signature::unix_now()) {
+            if let Some(suppressed) = state.rejections.admit() {
+                tracing::warn!(
+                    code = rejected.code(),
+                    suppressed_since_last = suppressed,
+                    "webhook refused: {rejected}"
+                );
+            }
+            return error(
+                StatusCode::BAD_REQUEST,
+                rejected.code(),
+                rejected.to_string(),
+            );
+        }
+    }
     let event: Event = match serde_json::from_slice(&body) {
         Ok(event) => event,
         Err(error) => return bad_request(format!("malformed event: {error}")),

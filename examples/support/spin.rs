@@ -14,7 +14,6 @@ pub const CALLS: u64 = 50_000;
 /// none, and accepts only the queue's 1,024).
 pub const PROMISED: u64 = 2048;
 
-
 /// One run on a new 2-worker runtime and `spawn_pool()`: the tasks that
 /// ran during the spin, and those the pool accepted in all.
 pub fn run_once() -> (u64, u64) {
@@ -57,4 +56,3 @@ pub fn run_once() -> (u64, u64) {
         (ran_during_spin, bg.snapshot().spawned)
     })
 }
-

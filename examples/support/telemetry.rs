@@ -1,54 +1,82 @@
-//! Application-side telemetry wiring: OTLP tracer and meter providers, the
-//! W3C propagator and the `tracing` subscriber. This belongs to the
-//! application, not the library; the demo and the OTLP tests share it.
+//! Application-side telemetry for the demo: OTLP traces and metrics from the
+//! standard `OTEL_*` variables (built by `init-tracing-opentelemetry`), the
+//! propagator from `OTEL_PROPAGATORS`, and a `tracing` subscriber with a
+//! `fmt` layer for logs. This belongs to the application, not the library.
 //!
-//! Honours the standard variables: `OTEL_SDK_DISABLED`,
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` (and the per-signal ones),
-//! `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc`, the default, or `http/protobuf`),
-//! `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
-//! `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_BSP_*`.
+//! What is added to the crate's building blocks, and why:
+//! - the OpenTelemetry layer has its own filter (INFO and up, the exporter's
+//!   own crates off), so `RUST_LOG=warn` quiets the log without silencing
+//!   the `bg.*` spans, and exporting never traces itself;
+//! - export failures are logged at most once per [`EXPORT_LOG_INTERVAL`] per
+//!   signal (traces, metrics), with the number held back, so a missing
+//!   collector costs a line per signal every few seconds, not a flood;
+//! - the final flush has a deadline ([`SHUTDOWN_DEADLINE`]): a collector that
+//!   accepts and never answers cannot hold the exit;
+//! - a bad `OTEL_EXPORTER_OTLP_PROTOCOL` is an error, not a silent no-export,
+//!   and an unset one means gRPC (the collector's port 4317).
+//!
+//! (The crate's `TracingConfig` preset puts `RUST_LOG` in front of every
+//! layer, OpenTelemetry included, and flushes without a deadline on drop, so
+//! the demo composes the subscriber itself.)
 #![allow(dead_code)]
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::io::IsTerminal as _;
+use std::time::Duration;
 
+use init_tracing_opentelemetry::otlp::{metrics::init_meterprovider, traces::init_tracerprovider};
+use init_tracing_opentelemetry::resource::DetectResource;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::{MetricExporter, SpanExporter, WithExportConfig as _};
-use opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader;
+use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::runtime;
-use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
-use tracing::{Metadata, Subscriber};
-use tracing_subscriber::filter::{EnvFilter, Targets};
-use tracing_subscriber::layer::{Context, Filter, SubscriberExt as _};
+use tracing::level_filters::LevelFilter;
+use tracing::{Event, Level, Metadata, Subscriber};
+use tracing_subscriber::filter::{filter_fn, EnvFilter, FilterExt as _, Targets};
+use tracing_subscriber::layer::{Context, SubscriberExt as _};
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::Layer as _;
+use tracing_subscriber::Layer;
 
-/// How often, at most, one exporter's warnings or errors reach the log.
+use crate::throttle::LogThrottle;
+
+/// How often, at most, one signal's export failures reach the log.
 pub const EXPORT_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The OTLP transport.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// gRPC (default, port 4317).
-    Grpc,
-    /// HTTP with protobuf bodies (port 4318).
-    HttpProtobuf,
-}
+/// Longest the final flush may take at shutdown, both signals together.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Reads `OTEL_EXPORTER_OTLP_PROTOCOL`.
-pub fn protocol_from_env() -> Result<Protocol, String> {
-    match std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref() {
-        Err(_) | Ok("") | Ok("grpc") => Ok(Protocol::Grpc),
-        Ok("http/protobuf") => Ok(Protocol::HttpProtobuf),
-        Ok(other) => Err(format!(
-            "OTEL_EXPORTER_OTLP_PROTOCOL: unsupported value {other:?} (use grpc or http/protobuf)"
-        )),
+const PROTOCOL_VARIABLES: [&str; 3] = [
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+];
+
+/// Checks the OTLP protocol variables and makes gRPC the default.
+///
+/// Call it before any thread starts (first thing in `main`, before the
+/// runtime): it sets `OTEL_EXPORTER_OTLP_PROTOCOL=grpc` when unset, which is
+/// only sound while the process has a single thread.
+///
+/// # Errors
+///
+/// A one-line message naming the variable and its value when it is neither
+/// `grpc` nor `http/protobuf`, checked even with `OTEL_SDK_DISABLED=true`
+/// so a typo does not wait for the day export is turned on.
+pub fn check_env() -> Result<(), String> {
+    for name in PROTOCOL_VARIABLES {
+        match std::env::var(name).as_deref() {
+            Err(_) | Ok("grpc") | Ok("http/protobuf") => {}
+            Ok(other) => {
+                return Err(format!(
+                    "{name}: unsupported value {other:?} (use grpc or http/protobuf)"
+                ))
+            }
+        }
     }
+    if std::env::var_os(PROTOCOL_VARIABLES[0]).is_none() {
+        std::env::set_var(PROTOCOL_VARIABLES[0], "grpc");
+    }
+    Ok(())
 }
 
 /// Whether `OTEL_SDK_DISABLED=true`.
@@ -56,298 +84,222 @@ pub fn sdk_disabled() -> bool {
     std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
 }
 
-/// The installed providers; shut them down at exit.
+/// The installed providers (none with `OTEL_SDK_DISABLED=true`); call
+/// [`shutdown`](Self::shutdown) at exit to flush them.
 #[derive(Debug, Default)]
-pub struct Providers {
+pub struct Telemetry {
     pub tracer: Option<SdkTracerProvider>,
     pub meter: Option<SdkMeterProvider>,
 }
 
-impl Providers {
-    /// Builds OTLP providers for `protocol` (must run inside a tokio
-    /// runtime: exports run as tasks on it).
-    pub fn otlp(protocol: Protocol, default_service: &str) -> Result<Self, String> {
-        Self::otlp_to(protocol, None, default_service)
-    }
-
-    /// Like [`otlp`](Self::otlp), with an explicit collector base address
-    /// (e.g. `http://127.0.0.1:4317`) instead of the `OTEL_*` variables.
-    pub fn otlp_to(
-        protocol: Protocol,
-        endpoint: Option<&str>,
-        default_service: &str,
-    ) -> Result<Self, String> {
-        let resource = resource(default_service);
-        let base = endpoint.map(|e| e.trim_end_matches('/').to_owned());
-        let spans = match protocol {
-            Protocol::Grpc => {
-                let b = SpanExporter::builder().with_tonic();
-                match &base {
-                    Some(e) => b.with_endpoint(e.clone()).build(),
-                    None => b.build(),
-                }
-            }
-            Protocol::HttpProtobuf => {
-                let b = SpanExporter::builder()
-                    .with_http()
-                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
-                match &base {
-                    Some(e) => b.with_endpoint(format!("{e}/v1/traces")).build(),
-                    None => b.build(),
-                }
-            }
-        }
-        .map_err(|e| format!("OTLP span exporter: {e}"))?;
-        let metrics = match protocol {
-            Protocol::Grpc => {
-                let b = MetricExporter::builder().with_tonic();
-                match &base {
-                    Some(e) => b.with_endpoint(e.clone()).build(),
-                    None => b.build(),
-                }
-            }
-            Protocol::HttpProtobuf => {
-                let b = MetricExporter::builder()
-                    .with_http()
-                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
-                match &base {
-                    Some(e) => b.with_endpoint(format!("{e}/v1/metrics")).build(),
-                    None => b.build(),
-                }
-            }
-        }
-        .map_err(|e| format!("OTLP metric exporter: {e}"))?;
-        let tracer = SdkTracerProvider::builder()
-            .with_span_processor(BatchSpanProcessor::builder(spans, runtime::Tokio).build())
-            .with_resource(resource.clone())
-            .build();
-        let meter = SdkMeterProvider::builder()
-            .with_reader(PeriodicReader::builder(metrics, runtime::Tokio).build())
-            .with_resource(resource)
-            .build();
-        Ok(Providers {
-            tracer: Some(tracer),
-            meter: Some(meter),
-        })
-    }
-
-    /// Installs the providers and the W3C propagator globally, and a
-    /// subscriber: `fmt` (filtered by `RUST_LOG`, default `info`, with
-    /// exporter warnings rate-limited) plus the OpenTelemetry layer with its
-    /// own filter, so `RUST_LOG=warn` does not silence `bg.*` spans and the
-    /// exporter's own crates never trace themselves.
-    pub fn install(&self) {
-        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-        if let Some(meter) = &self.meter {
-            opentelemetry::global::set_meter_provider(meter.clone());
-        }
-        let otel_layer = self.tracer.as_ref().map(|tracer| {
+impl Telemetry {
+    /// Builds the OTLP providers from the environment, installs them, the
+    /// propagator and the subscriber globally. Run inside the tokio runtime
+    /// (the gRPC exporter's connection lives on it), after [`check_env`].
+    ///
+    /// # Errors
+    ///
+    /// A one-line message when an exporter or the propagator cannot be built.
+    pub fn init(default_service: &str) -> Result<Self, String> {
+        init_tracing_opentelemetry::init_propagator().map_err(|e| e.to_string())?;
+        let telemetry = if sdk_disabled() {
+            Telemetry::default()
+        } else {
+            let resource = resource(default_service);
+            let tracer = init_tracerprovider(resource.clone(), |b| b)
+                .map_err(|e| format!("OTLP span exporter: {e}"))?;
+            let meter = init_meterprovider(resource, |b| b)
+                .map_err(|e| format!("OTLP metric exporter: {e}"))?;
             opentelemetry::global::set_tracer_provider(tracer.clone());
+            opentelemetry::global::set_meter_provider(meter.clone());
+            Telemetry {
+                tracer: Some(tracer),
+                meter: Some(meter),
+            }
+        };
+        let otel_layer = telemetry.tracer.as_ref().map(|tracer| {
             tracing_opentelemetry::layer()
-                .with_tracer(tracer.tracer("bg-queue-demo"))
+                .with_tracer(tracer.tracer(default_service.to_owned()))
                 .with_filter(otel_filter())
         });
-        let fmt_filter =
+        let log_filter =
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        // Exporter warnings go through `ExportLog`, throttled, instead.
         let fmt_layer = tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
-            .with_filter(fmt_filter)
-            .with_filter(ExportLogThrottle::default());
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_filter(log_filter.and(filter_fn(|meta| !is_export_warning(meta))));
         let _ = tracing_subscriber::registry()
             .with(fmt_layer)
             .with(otel_layer)
+            .with(ExportLog::default())
             .try_init();
+        Ok(telemetry)
     }
 
-    /// Flushes and shuts down both providers, in parallel, each on its own
-    /// thread (their exports run as tasks on this runtime, so shutting down
-    /// from a worker thread could wait on itself), within
-    /// [`SHUTDOWN_DEADLINE`] in total.
-    ///
-    /// The SDK's own timeout bounds one wait, not the whole flush: with a
-    /// collector that accepts connections and never answers, every queued
-    /// batch waits out `OTEL_EXPORTER_OTLP_TIMEOUT` in turn. Past the
-    /// deadline this returns an error naming what did not finish, and the
-    /// process can exit; what was not exported is lost, and said so.
+    /// Flushes and shuts both providers down, in parallel, off the runtime
+    /// (their exports may need it), within [`SHUTDOWN_DEADLINE`]. Past it
+    /// the process can exit; what was not exported is lost, and said so.
     pub async fn shutdown(self) -> Result<(), String> {
-        type Job = Box<dyn FnOnce() -> opentelemetry_sdk::error::OTelSdkResult + Send>;
-        let mut jobs: Vec<(&'static str, Job)> = Vec::new();
-        if let Some(tracer) = self.tracer {
-            jobs.push((
-                "tracer provider",
-                Box::new(move || tracer.shutdown_with_timeout(SHUTDOWN_DEADLINE)),
-            ));
-        }
-        if let Some(meter) = self.meter {
-            jobs.push((
-                "meter provider",
-                Box::new(move || meter.shutdown_with_timeout(SHUTDOWN_DEADLINE)),
-            ));
-        }
-        let mut pending: Vec<&str> = jobs.iter().map(|(what, _)| *what).collect();
-        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
-        for (what, job) in jobs {
-            spawn_shutdown(what, done_tx.clone(), job);
-        }
-        drop(done_tx);
-        let mut errors = Vec::new();
-        let deadline = tokio::time::Instant::now() + SHUTDOWN_DEADLINE;
-        loop {
-            match tokio::time::timeout_at(deadline, done_rx.recv()).await {
-                Ok(Some((what, result))) => {
-                    pending.retain(|p| *p != what);
-                    if let Err(e) = result {
-                        errors.push(format!("{what}: {e}"));
-                    }
-                }
-                Ok(None) => break,
-                Err(_elapsed) => {
-                    errors.push(format!(
-                        "{} did not finish flushing within {}s (collector down or not \
-                         answering?); unexported telemetry is lost",
-                        pending.join(" and "),
-                        SHUTDOWN_DEADLINE.as_secs()
-                    ));
-                    break;
-                }
-            }
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors.join("; "))
-        }
-    }
-}
-
-/// Longest the providers' final flush may take at shutdown, both together.
-pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
-
-/// Runs one provider's shutdown on a detached thread (not `spawn_blocking`:
-/// the runtime would wait for it when it is dropped, deadline or not) and
-/// reports the result on `done`.
-fn spawn_shutdown(
-    what: &'static str,
-    done: tokio::sync::mpsc::UnboundedSender<(&'static str, Result<(), String>)>,
-    shutdown: impl FnOnce() -> opentelemetry_sdk::error::OTelSdkResult + Send + 'static,
-) {
-    let spawned = std::thread::Builder::new()
-        .name(format!(
-            "otel-shutdown-{}",
-            what.split(' ').next().unwrap_or(what)
-        ))
-        .spawn({
-            let done = done.clone();
-            move || {
-                let _ = done.send((what, shutdown().map_err(|e| e.to_string())));
-            }
+        let Telemetry { tracer, meter } = self;
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        // A detached thread: the runtime must not wait for it at exit.
+        std::thread::spawn(move || {
+            let errors: Vec<String> = std::thread::scope(|scope| {
+                let traces = tracer
+                    .map(|p| scope.spawn(move || p.shutdown_with_timeout(SHUTDOWN_DEADLINE).err()));
+                let metrics = meter
+                    .map(|p| scope.spawn(move || p.shutdown_with_timeout(SHUTDOWN_DEADLINE).err()));
+                [("traces", traces), ("metrics", metrics)]
+                    .into_iter()
+                    .filter_map(|(signal, handle)| {
+                        let error = handle?.join().ok()??;
+                        Some(format!("{signal}: {error}"))
+                    })
+                    .collect()
+            });
+            let _ = done_tx.send(errors);
         });
-    if let Err(e) = spawned {
-        let _ = done.send((
-            what,
-            Err(format!("could not start its shutdown thread: {e}")),
-        ));
+        match tokio::time::timeout(SHUTDOWN_DEADLINE + Duration::from_secs(1), done_rx).await {
+            Ok(Ok(errors)) if errors.is_empty() => Ok(()),
+            Ok(Ok(errors)) => Err(errors.join("; ")),
+            _ => Err(format!(
+                "telemetry did not finish flushing within {} s (collector down or not \
+                 answering?); unexported telemetry is lost",
+                SHUTDOWN_DEADLINE.as_secs()
+            )),
+        }
     }
 }
 
-/// `service.name` (from `OTEL_SERVICE_NAME`, else `default_service`) and a
-/// `service.instance.id` unique to this process, so several instances stay
-/// distinct series behind the collector (Prometheus' `instance` label).
+/// The crate's resource (`OTEL_SERVICE_NAME`, else `default_service`;
+/// `OTEL_RESOURCE_ATTRIBUTES`) plus a `service.instance.id` unique to this
+/// process, so several instances stay distinct series behind the collector.
 fn resource(default_service: &str) -> Resource {
-    let mut builder = Resource::builder();
-    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
-        // Otherwise the default detectors already read OTEL_SERVICE_NAME.
-        builder = builder.with_service_name(default_service.to_owned());
+    let detected = DetectResource::default()
+        .with_fallback_service_name(default_service.to_owned())
+        .build();
+    if detected
+        .get(&opentelemetry::Key::from_static_str("service.instance.id"))
+        .is_some()
+    {
+        return detected;
     }
-    let has_instance = std::env::var("OTEL_RESOURCE_ATTRIBUTES")
-        .is_ok_and(|attributes| attributes.contains("service.instance.id="));
-    if !has_instance {
-        let host = std::env::var("HOSTNAME")
-            .ok()
-            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-            .map(|h| h.trim().to_owned())
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "localhost".to_owned());
-        builder = builder.with_attribute(opentelemetry::KeyValue::new(
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    Resource::builder_empty()
+        .with_attributes(
+            detected
+                .iter()
+                .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+        )
+        .with_attribute(KeyValue::new(
             "service.instance.id",
             format!("{host}-{}", std::process::id()),
-        ));
-    }
-    builder.build()
+        ))
+        .build()
 }
 
 /// What the OpenTelemetry layer sees: INFO and up, except the exporter's own
 /// crates (their spans would be exported by themselves, forever).
 fn otel_filter() -> Targets {
-    Targets::new()
-        .with_default(tracing::Level::INFO)
-        .with_target("opentelemetry", tracing::level_filters::LevelFilter::OFF)
-        .with_target(
-            "opentelemetry_sdk",
-            tracing::level_filters::LevelFilter::OFF,
-        )
-        .with_target(
-            "opentelemetry_otlp",
-            tracing::level_filters::LevelFilter::OFF,
-        )
-        .with_target(
-            "opentelemetry-otlp",
-            tracing::level_filters::LevelFilter::OFF,
-        )
-        .with_target("tonic", tracing::level_filters::LevelFilter::OFF)
-        .with_target("h2", tracing::level_filters::LevelFilter::OFF)
-        .with_target("hyper", tracing::level_filters::LevelFilter::OFF)
-        .with_target("hyper_util", tracing::level_filters::LevelFilter::OFF)
-        .with_target("reqwest", tracing::level_filters::LevelFilter::OFF)
-        .with_target("tower", tracing::level_filters::LevelFilter::OFF)
+    [
+        "opentelemetry",
+        "opentelemetry_sdk",
+        "opentelemetry_otlp",
+        "opentelemetry-otlp",
+        "tonic",
+        "h2",
+        "hyper",
+        "hyper_util",
+        "reqwest",
+        "tower",
+    ]
+    .into_iter()
+    .fold(
+        Targets::new().with_default(Level::INFO),
+        |targets, crate_name| targets.with_target(crate_name, LevelFilter::OFF),
+    )
 }
 
-/// Lets at most one event per [`EXPORT_LOG_INTERVAL`] through for each
-/// OpenTelemetry target: with no collector, the exporters fail every few
-/// seconds per signal, and that must not flood the log. Other events pass.
-#[derive(Debug, Default)]
-pub struct ExportLogThrottle {
-    last: Mutex<HashMap<String, Instant>>,
+/// A warning or error from the OpenTelemetry crates (export failures).
+fn is_export_warning(meta: &Metadata<'_>) -> bool {
+    meta.is_event() && *meta.level() <= Level::WARN && meta.target().starts_with("opentelemetry")
 }
 
-fn is_exporter_target(target: &str) -> bool {
-    target.starts_with("opentelemetry")
+/// Which signal an exporter event is about, from its name and fields
+/// (`BatchSpanProcessor.ExportError`, `PeriodicReader.ExportError`,
+/// `Export.Failed.Exhausted` with `operation="TonicMetricsClient.Export"`).
+fn signal_of(name: &str, fields: &str) -> &'static str {
+    let about = |word: &str| name.contains(word) || fields.contains(word);
+    if about("Span") || about("Trace") {
+        "traces"
+    } else if about("Metric") || about("PeriodicReader") || about("Meter") {
+        "metrics"
+    } else {
+        "other"
+    }
 }
 
-impl<S: Subscriber> Filter<S> for ExportLogThrottle {
-    fn enabled(&self, meta: &Metadata<'_>, _cx: &Context<'_, S>) -> bool {
-        // Only warnings and errors are throttled; quieter events are left
-        // to the level filter.
-        if !meta.is_event()
-            || !is_exporter_target(meta.target())
-            || *meta.level() > tracing::Level::WARN
-        {
-            return true;
-        }
-        let now = Instant::now();
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        match last.get(meta.target()) {
-            Some(at) if now.duration_since(*at) < EXPORT_LOG_INTERVAL => false,
-            _ => {
-                last.insert(meta.target().to_owned(), now);
-                true
-            }
+/// Re-logs the OpenTelemetry crates' warnings, one line per signal per
+/// [`EXPORT_LOG_INTERVAL`] at most, each saying how many were held back.
+/// A throttle per signal, not per target: span and metric export failures
+/// share the `opentelemetry_sdk` target, and one must not starve the other.
+#[derive(Debug)]
+struct ExportLog {
+    traces: LogThrottle,
+    metrics: LogThrottle,
+    other: LogThrottle,
+}
+
+impl Default for ExportLog {
+    fn default() -> Self {
+        ExportLog {
+            traces: LogThrottle::new(EXPORT_LOG_INTERVAL),
+            metrics: LogThrottle::new(EXPORT_LOG_INTERVAL),
+            other: LogThrottle::new(EXPORT_LOG_INTERVAL),
         }
     }
+}
 
-    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> tracing::subscriber::Interest {
-        if is_exporter_target(meta.target()) {
-            tracing::subscriber::Interest::sometimes()
+impl<S: Subscriber> Layer<S> for ExportLog {
+    fn on_event(&self, event: &Event<'_>, _cx: Context<'_, S>) {
+        let meta = event.metadata();
+        if !is_export_warning(meta) {
+            return;
+        }
+        let mut fields = String::new();
+        event.record(&mut FieldText(&mut fields));
+        let signal = signal_of(meta.name(), &fields);
+        let throttle = match signal {
+            "traces" => &self.traces,
+            "metrics" => &self.metrics,
+            _ => &self.other,
+        };
+        let Some(suppressed) = throttle.admit() else {
+            return;
+        };
+        // Re-emitted under a target the fmt layer lets through; its own
+        // target starts with "otel", never "opentelemetry", so it is not
+        // caught again here.
+        if *meta.level() == Level::ERROR {
+            tracing::error!(target: "otel_export", signal, suppressed, "{}:{fields}", meta.target());
         } else {
-            tracing::subscriber::Interest::always()
+            tracing::warn!(target: "otel_export", signal, suppressed, "{}:{fields}", meta.target());
         }
     }
 }
 
-/// Reads the OTLP endpoint the exporters will use, for the startup log.
-pub fn endpoint_for_log(protocol: Protocol) -> String {
-    std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_else(|_| match protocol {
-        Protocol::Grpc => "http://localhost:4317".into(),
-        Protocol::HttpProtobuf => "http://localhost:4318".into(),
-    })
+/// Collects an event's fields as ` key=value` text.
+struct FieldText<'a>(&'a mut String);
+
+impl tracing::field::Visit for FieldText<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write as _;
+        let _ = write!(self.0, " {}={value:?}", field.name());
+    }
 }

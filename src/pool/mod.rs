@@ -21,7 +21,7 @@
 //!
 //! The one guarantee that spans these files, that no admitted task is ever
 //! left without a runner, is stated in [`runner_word`] and checked by the
-//! `loom` models in `src/tests/`.
+//! `loom` models in `loom_runner_protocol.rs` (`./scripts/loom`).
 
 mod admission;
 mod builder;
@@ -29,6 +29,8 @@ mod drops;
 mod guard;
 mod handle;
 mod launch;
+#[cfg(all(test, bg_queue_loom))]
+mod loom_runner_protocol;
 mod runner;
 mod runner_word;
 mod shutdown;
@@ -37,12 +39,8 @@ mod state;
 #[cfg(all(test, not(bg_queue_loom)))]
 mod tests;
 
-#[cfg(all(test, bg_queue_loom))]
-pub(crate) use admission::Admission;
 pub use builder::{
     Builder, DEFAULT_CAPACITY, DEFAULT_PARALLELISM, DEFAULT_POOL_NAME, MAX_CAPACITY,
     MAX_PARALLELISM,
 };
 pub use handle::{spawn_pool, BackgroundTx};
-#[cfg(all(test, bg_queue_loom))]
-pub(crate) use runner_word::{Launch, RunnerWord};

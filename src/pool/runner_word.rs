@@ -20,7 +20,7 @@
 //! *then* reads the admission word. All of these are `SeqCst`, so of two
 //! racing sides at least one sees the other: either the producer claims a
 //! runner, or the runner stays. The `loom` model
-//! `src/tests/loom_runner_protocol.rs` checks this for every interleaving.
+//! `loom_runner_protocol.rs` checks this for every interleaving.
 
 use crate::sync::{AtomicU64, Ordering};
 

@@ -217,14 +217,16 @@ pub fn wait_listening(port: u16, proc: &Proc) {
 }
 
 /// Starts the built demo on `port` with a clean environment (PATH,
-/// `LISTEN_ADDR`, `RUST_LOG=info`, then `settings`) and waits until it
-/// listens.
+/// `LISTEN_ADDR`, `RUST_LOG=info`, the debug listener on a port of its own
+/// choosing, then `settings`, which may name `DEBUG_LISTEN_ADDR`) and waits
+/// until it listens.
 pub fn start_demo(port: u16, settings: &[(&str, String)]) -> Proc {
     let mut command = Command::new(example("webhook"));
     command
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("DEBUG_LISTEN_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "info")
         .envs(settings.iter().map(|(k, v)| (*k, v.as_str())));
     let demo = Proc::spawn("demo", &mut command);

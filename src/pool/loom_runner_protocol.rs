@@ -13,7 +13,8 @@ use std::sync::Arc;
 use loom::sync::{Mutex, Notify};
 use loom::thread;
 
-use crate::pool::{Admission, Launch, RunnerWord};
+use super::admission::Admission;
+use super::runner_word::{Launch, RunnerWord};
 
 /// One pool's protocol state, with parallelism 1 and a runner already
 /// counted and running.
