@@ -1,15 +1,22 @@
 //! `/debug/bg`: a live page for on-call engineers, with no infrastructure.
 //!
-//! Mount the router in your app, behind your own auth layer: the page names
-//! your task types and links to traces, which is internal information, and
-//! every request takes each pool's lock briefly. For example:
+//! **Keep it off the internet.** The page shows task names and the text of
+//! task errors and panics, which may contain personal data (an email
+//! address in an SMTP error, say): serve it on a private address or behind
+//! your own authentication, never on a listener that faces the internet.
+//! Every request also takes each pool's lock briefly.
+//!
+//! The router is a `Router<S>` for any state `S`, so it merges before or
+//! after your own `with_state`:
 //!
 //! ```no_run
-//! # async fn run(bg: bg_queue::BackgroundTx) {
+//! # #[derive(Clone)] struct AppState;
+//! # async fn run(bg: bg_queue::BackgroundTx, state: AppState) {
 //! let app = axum::Router::new()
-//!     // ... your routes ...
-//!     .merge(bg_queue::DebugPage::new().pool(bg).router());
+//!     // ... your routes, using State<AppState> ...
+//!     .merge(bg_queue::DebugPage::new().pool(bg).router())
 //!     // .layer(your_admin_auth_layer)
+//!     .with_state(state);
 //! # let _: axum::Router = app;
 //! # }
 //! ```
@@ -18,8 +25,8 @@
 //! itself every two seconds when scripts run; `GET /debug/bg.json` serves the
 //! same figures as JSON. Both answer `HEAD`, send `Cache-Control: no-store`,
 //! and answer other methods with 405. A response's size is bounded: per pool
-//! it holds one row per task name, at most 20 drops, 20 slow runs and 300
-//! depth samples.
+//! it holds one row per task name, at most 20 drops, 20 failures (each
+//! error text cut to 500 characters), 20 slow runs and 300 depth samples.
 
 use axum::extract::{Query, State};
 use axum::http::header::{self, HeaderValue};
@@ -76,8 +83,12 @@ impl DebugPage {
         self
     }
 
-    /// The router serving `/debug/bg` and `/debug/bg.json`.
-    pub fn router(self) -> Router {
+    /// The router serving `/debug/bg` and `/debug/bg.json`, for any
+    /// application state `S` (it carries its own).
+    pub fn router<S>(self) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
         let state = std::sync::Arc::new(self);
         Router::new()
             .route("/debug/bg", get(html_page))
@@ -91,7 +102,10 @@ impl DebugPage {
 }
 
 /// Shorthand for `DebugPage::new()` with these pools, then `.router()`.
-pub fn debug_router(pools: impl IntoIterator<Item = BackgroundTx>) -> Router {
+pub fn debug_router<S>(pools: impl IntoIterator<Item = BackgroundTx>) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
     pools
         .into_iter()
         .fold(DebugPage::new(), DebugPage::pool)
@@ -272,6 +286,18 @@ fn pool_section(pool: &PoolSnapshot, jaeger: &str) -> Markup {
                 tbody {
                     @for task in &pool.tasks { (task_row(task)) }
                 }
+            }
+            h2 { "Recent failures" }
+            @if pool.recent_failures.is_empty() { p.muted { "None." } } @else {
+                (folded_table(
+                    &format!("failures-{}", pool.name),
+                    html! { th { "at" } th { "task" } th { "outcome" } th { "error" } th { "trace" } },
+                    pool.recent_failures.iter().map(|failure| html! { tr.bad {
+                        td { (failure.at) } td { (failure.task) } td { (failure.outcome) }
+                        td.error { (failure.error) }
+                        td { (trace_link(jaeger, failure.trace_id.as_deref())) }
+                    } }),
+                ))
             }
             h2 { "Recent drops" }
             @if pool.recent_drops.is_empty() { p.muted { "None." } } @else {

@@ -43,9 +43,14 @@ use crate::sync::cell::UnsafeCell;
 use crate::sync::{hint, AtomicUsize, Ordering};
 
 /// Creates an inbox of `len` slots (rounded up to a power of two, at least
-/// 1): the senders' side, which may be shared, and the one receiver.
+/// 2): the senders' side, which may be shared, and the one receiver.
+///
+/// At least two slots: with one, the stamp of a written value (`pos + 1`)
+/// equals the stamp that frees the slot for the next lap (`pos + len`), and
+/// a sender would overwrite a value not yet received (the `loom` model
+/// `a_full_ring_wraps_around_in_order` finds that interleaving).
 pub(crate) fn channel<T: Send>(len: usize) -> (Sender<T>, Receiver<T>) {
-    let len = len.max(1).next_power_of_two();
+    let len = len.max(2).next_power_of_two();
     let slots = (0..len)
         .map(|pos| Slot {
             stamp: AtomicUsize::new(pos),

@@ -74,6 +74,7 @@ mod error;
 mod histogram;
 mod inbox;
 mod pool;
+mod rate_limit;
 mod report;
 mod snapshot;
 mod stats;
@@ -92,7 +93,10 @@ pub use pool::{
     MAX_CAPACITY, MAX_PARALLELISM,
 };
 pub use report::ShutdownReport;
-pub use snapshot::{DroppedByReason, DroppedTask, PoolSnapshot, SlowTask, TaskSnapshot};
+pub use snapshot::{
+    DroppedByReason, DroppedTask, FailedTask, PoolSnapshot, SlowTask, TaskSnapshot,
+    ERROR_TEXT_MAX_CHARS,
+};
 pub use task::{Outcome, TaskError};
 pub use telemetry::{
     names, InstrumentKind, MetricDefinition, Propagation, RunSpan, DURATION_BUCKETS_SECONDS,

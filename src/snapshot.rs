@@ -86,6 +86,42 @@ impl DropRecord {
     }
 }
 
+/// The most characters of error text a snapshot (and so the page and its
+/// JSON) shows: error text may be long (a whole upstream response) and may
+/// carry personal data, and the page is for a glance.
+pub const ERROR_TEXT_MAX_CHARS: usize = 500;
+
+/// `text`, cut to [`ERROR_TEXT_MAX_CHARS`] characters with an ellipsis.
+pub(crate) fn bounded_error(text: &str) -> String {
+    match text.char_indices().nth(ERROR_TEXT_MAX_CHARS) {
+        Some((cut, _)) => format!("{}\u{2026}", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// A failed, panicked or timed-out run as recorded by the runner, its
+/// error text already bounded (formatted at snapshot time).
+#[derive(Debug, Clone)]
+pub(crate) struct FailureRecord {
+    pub(crate) at: Instant,
+    pub(crate) task: &'static str,
+    pub(crate) outcome: crate::Outcome,
+    pub(crate) error: String,
+    pub(crate) trace_id: Option<opentelemetry::trace::TraceId>,
+}
+
+impl FailureRecord {
+    pub(crate) fn into_public(self, clock: &WallClock) -> FailedTask {
+        FailedTask {
+            at: rfc3339(clock.wall_of(self.at)),
+            task: self.task,
+            outcome: self.outcome.as_str(),
+            error: self.error,
+            trace_id: self.trace_id.map(trace_hex),
+        }
+    }
+}
+
 /// A slow run as recorded by the runner (formatted at snapshot time).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SlowRecord {
@@ -121,6 +157,23 @@ pub struct DroppedTask {
     /// Why (`queue_full`, `closed`, ...).
     pub reason: &'static str,
     /// The trace the drop belongs to (the caller's), when a span was active.
+    pub trace_id: Option<String>,
+}
+
+/// One failed, panicked or timed-out run, for the "recent failures" list.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct FailedTask {
+    /// When it ended (RFC 3339, UTC).
+    pub at: String,
+    /// The task name.
+    pub task: &'static str,
+    /// `failed`, `panicked` or `timed_out`.
+    pub outcome: &'static str,
+    /// The error's text, the panic message, or the timeout; at most
+    /// [`ERROR_TEXT_MAX_CHARS`] characters, then an ellipsis.
+    pub error: String,
+    /// The trace of its `bg.task` span, when spans are recorded.
     pub trace_id: Option<String>,
 }
 
@@ -219,6 +272,9 @@ pub struct PoolSnapshot {
     /// ms, usually 4 ms) that refused it for a full queue, and only counts
     /// the rest ([`dropped`](Self::dropped) stays exact).
     pub recent_drops: Vec<DroppedTask>,
+    /// The last failed, panicked or timed-out runs, newest first (at most
+    /// 20), with their error text.
+    pub recent_failures: Vec<FailedTask>,
     /// The slowest recent runs, slowest first.
     pub slowest: Vec<SlowTask>,
     /// Queue depth, one value per second for the last five minutes, oldest
@@ -281,6 +337,18 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_text_is_cut_at_a_character_boundary_with_an_ellipsis() {
+        assert_eq!(bounded_error("smtp said 550"), "smtp said 550");
+        let exact = "é".repeat(ERROR_TEXT_MAX_CHARS);
+        assert_eq!(bounded_error(&exact), exact);
+        let long = "é".repeat(ERROR_TEXT_MAX_CHARS + 1);
+        let cut = bounded_error(&long);
+        assert_eq!(cut.chars().count(), ERROR_TEXT_MAX_CHARS + 1);
+        assert!(cut.ends_with('\u{2026}'));
+        assert!(cut.starts_with(&exact));
+    }
 
     #[test]
     fn rfc3339_known_instants() {

@@ -62,6 +62,12 @@ async fn the_page_renders_depth_and_updates_it_live() {
         .parallelism(1)
         .build()
         .unwrap();
+    // A failure first, with markup in its error text: the page lists it,
+    // escaped.
+    bg.spawn_fallible("send_receipt_email", async {
+        Err::<(), _>("smtp said 550 <user@example.com>")
+    });
+    bg.idle().await;
     let gate = common::occupy(&bg, "blocker", 1).await;
     queue(&bg, 3);
 
@@ -145,6 +151,15 @@ async fn the_page_renders_depth_and_updates_it_live() {
         html.contains("<span id=\"stale\"></span>"),
         "a refresh failed"
     );
+    assert!(
+        html.contains("Recent failures"),
+        "no failures section:\n{html}"
+    );
+    assert!(
+        html.contains("smtp said 550 &lt;user@example.com&gt;"),
+        "the failure's error text is not shown escaped:\n{html}"
+    );
+    assert!(!html.contains("<user@example.com>"));
 
     // A screenshot for people (and the README).
     let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test-artifacts");

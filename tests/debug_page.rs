@@ -77,9 +77,17 @@ async fn json_has_the_contract_keys_and_exact_values() {
         "timed_out",
         "tasks",
         "recent_drops",
+        "recent_failures",
         "slowest",
     ] {
         assert!(pool.get(key).is_some(), "missing pool key {key}");
+    }
+    let failure = &pool["recent_failures"][0];
+    assert_eq!(failure["task"], "subscribe");
+    assert_eq!(failure["outcome"], "failed");
+    assert_eq!(failure["error"], "503");
+    for key in ["at", "trace_id"] {
+        assert!(failure.get(key).is_some(), "missing failure key {key}");
     }
     assert_eq!(pool["name"], "mail");
     assert_eq!(
@@ -310,4 +318,38 @@ async fn the_chart_caption_gives_the_live_depth_not_the_seconds_peak() {
     assert!(html.contains("queued 0 / 1024"), "depth bar");
     assert!(html.contains("(now 0, peak 5"), "chart caption");
     assert!(html.contains("now 0, peak 5\""), "chart label");
+}
+
+/// The application's state type, for the merge-order test.
+#[derive(Clone)]
+struct AppState {
+    greeting: &'static str,
+}
+
+async fn hello(axum::extract::State(state): axum::extract::State<AppState>) -> &'static str {
+    state.greeting
+}
+
+/// `router()` is a `Router<S>` for any state: it merges into an app before
+/// its `with_state` (axum's usual order) as well as after.
+#[tokio::test]
+async fn the_router_merges_before_or_after_with_state() {
+    let (bg, gate) = known_pool().await;
+    let state = AppState { greeting: "hi" };
+    let before: axum::Router = axum::Router::new()
+        .route("/hello", axum::routing::get(hello))
+        .merge(DebugPage::new().pool(bg.clone()).router())
+        .with_state(state.clone());
+    let after: axum::Router = axum::Router::new()
+        .route("/hello", axum::routing::get(hello))
+        .with_state(state)
+        .merge(bg_queue::debug_router([bg.clone()]));
+    for app in [before, after] {
+        let (status, _, body) = get(app.clone(), Method::GET, "/hello").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "hi"));
+        let (status, _, body) = get(app, Method::GET, "/debug/bg.json").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("\"name\":\"mail\""), "{body}");
+    }
+    gate.add_permits(1);
 }

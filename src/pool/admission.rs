@@ -88,10 +88,29 @@ impl Admission {
         self.0.load(Ordering::SeqCst) & CLOSED != 0
     }
 
-    /// Whether anything is admitted, or the pool closed: what a runner
-    /// about to park must not sleep through.
+    /// The word as the last update left it, read with a read-modify-write
+    /// (adding nothing). A runner that stepped out of the runner word, or
+    /// parked, reads the admission word this way: a `spawn` whose claim
+    /// comes later in the word's order then reads from this update, which
+    /// makes the runner's step happen-before `spawn`'s look at the runner
+    /// word. So "one of the two sees the other" rests on release and
+    /// acquire alone (which `loom` checks), not only on the `SeqCst` total
+    /// order of a plain load (which `loom` models as acquire).
+    fn latest(&self) -> u64 {
+        self.0.fetch_add(0, Ordering::SeqCst)
+    }
+
+    /// Accepted tasks not yet running, read as [`latest`](Self::latest):
+    /// what a runner about to leave must not miss.
+    pub(super) fn admitted_latest(&self) -> u64 {
+        Self::waiting_in(self.latest())
+    }
+
+    /// Whether anything is admitted, or the pool closed, read as
+    /// [`latest`](Self::latest): what a runner about to park must not
+    /// sleep through.
     pub(super) fn anything_to_do(&self) -> bool {
-        self.0.load(Ordering::SeqCst) != 0
+        self.latest() != 0
     }
 
     /// Stops admitting tasks (for good).

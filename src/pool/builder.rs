@@ -251,6 +251,7 @@ impl Builder {
                 running: 0,
                 phase: if open { Phase::Open } else { Phase::NoRuntime },
                 recent_drops: Ring::new(),
+                recent_failures: Ring::new(),
                 slowest: Slowest::new(now),
                 depth_history: DepthHistory::new(now),
                 next_drop_log: now,

@@ -93,7 +93,7 @@ fn a_task_spawned_while_the_last_runner_leaves_gets_a_runner() {
                         continue;
                     }
                     model.runners.step_out();
-                    if model.admission.admitted() > 0 && model.runners.rejoin(1) {
+                    if model.admission.admitted_latest() > 0 && model.runners.rejoin(1) {
                         // Stays: it lingers (yields) and looks again.
                         thread::yield_now();
                         continue;

@@ -26,6 +26,7 @@
 mod admission;
 mod builder;
 mod drops;
+mod failures;
 mod guard;
 mod handle;
 mod launch;

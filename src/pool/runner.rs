@@ -19,8 +19,10 @@ use std::time::Duration;
 use opentelemetry::trace::TraceId;
 use tokio::time::Instant;
 
+use super::failures::{error_text, Failure};
 use super::guard::{Current, RunnerGuard, Standing};
 use super::state::Pool;
+use crate::snapshot::bounded_error;
 use crate::task::{Envelope, Outcome, RunEnd};
 use crate::telemetry::{TaskAttributes, Telemetry};
 
@@ -36,6 +38,8 @@ pub(super) struct Finished {
     pub(super) wait: Duration,
     pub(super) run: Duration,
     pub(super) trace_id: Option<TraceId>,
+    /// The error text of a run that did not succeed, bounded for the page.
+    pub(super) error: Option<String>,
     pub(super) ended: Instant,
 }
 
@@ -210,6 +214,7 @@ async fn run_task(pool: &Arc<Pool>, guard: &mut RunnerGuard, taken: Taken) {
     let current = guard.current.take().expect("set before the run");
     let outcome = end.outcome();
     let trace_id = current.spans.as_ref().and_then(|spans| spans.trace_id());
+    let error = error_text(&end, pool.timeout);
     // Counted with the next pop, or by the guard if telemetry panics.
     guard.unrecorded = Some(Finished {
         index: task_index,
@@ -217,11 +222,23 @@ async fn run_task(pool: &Arc<Pool>, guard: &mut RunnerGuard, taken: Taken) {
         wait,
         run,
         trace_id,
+        error: error.as_deref().map(bounded_error),
         ended,
     });
     pool.telemetry.record_duration(&current.attrs, outcome, run);
     if let Some(spans) = current.spans {
         Telemetry::finish_spans(spans, outcome, Some(&end));
+    }
+    if let Some(error) = &error {
+        let failure = Failure {
+            attrs: &current.attrs,
+            outcome,
+            error,
+            wait,
+            run,
+            trace_id,
+        };
+        pool.report_failure(failure, ended);
     }
 }
 
@@ -260,7 +277,7 @@ async fn park(pool: &Arc<Pool>, guard: &mut RunnerGuard) -> bool {
 fn stays(pool: &Arc<Pool>, guard: &mut RunnerGuard) -> bool {
     pool.runners.step_out();
     guard.standing = Standing::SteppedOut;
-    if pool.admission.admitted() > 0 && pool.runners.rejoin(pool.runner_limit()) {
+    if pool.admission.admitted_latest() > 0 && pool.runners.rejoin(pool.runner_limit()) {
         guard.standing = Standing::Active;
         return true;
     }

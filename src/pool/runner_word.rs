@@ -17,10 +17,14 @@
 //! [`RunnerWord::claim_for_spawn`]); a runner about to leave decrements its
 //! count here *then* reads the admission word (in [`RunnerWord::step_out`]
 //! and [`RunnerWord::rejoin`]), and a runner about to park sets [`PARKED`]
-//! *then* reads the admission word. All of these are `SeqCst`, so of two
-//! racing sides at least one sees the other: either the producer claims a
-//! runner, or the runner stays. The `loom` model
-//! `loom_runner_protocol.rs` checks this for every interleaving.
+//! *then* reads the admission word. Of two racing sides at least one sees
+//! the other: either the producer claims a runner, or the runner stays.
+//! Every update of both words is a `SeqCst` read-modify-write, and the
+//! runner reads the admission word with one too (`Admission::latest`), so
+//! this holds through release and acquire alone: whichever of the
+//! runner's read and the producer's claim comes later in the admission
+//! word's order sees the other side's step. The `loom` model
+//! `loom_runner_protocol.rs` checks it for every interleaving.
 
 use crate::sync::{AtomicU64, Ordering};
 

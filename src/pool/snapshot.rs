@@ -47,6 +47,12 @@ impl Pool {
                 .into_iter()
                 .map(|record| record.to_public(&clock))
                 .collect(),
+            recent_failures: state
+                .recent_failures
+                .to_vec()
+                .into_iter()
+                .map(|record| record.into_public(&clock))
+                .collect(),
             slowest: state.slowest.to_vec(&clock),
             depth_history: state.depth_history.samples(now),
             tasks,

@@ -29,7 +29,7 @@ use super::admission::Admission;
 use super::runner::Finished;
 use super::runner_word::RunnerWord;
 use crate::inbox;
-use crate::snapshot::{DropRecord, SlowRecord};
+use crate::snapshot::{DropRecord, FailureRecord, SlowRecord};
 use crate::stats::{DepthHistory, Ring, Slowest, TaskStats};
 use crate::task::Envelope;
 use crate::telemetry::{PoolView, TaskAttributes, Telemetry};
@@ -73,6 +73,7 @@ pub(super) struct State {
     pub(super) running: usize,
     pub(super) phase: Phase,
     pub(super) recent_drops: Ring<DropRecord>,
+    pub(super) recent_failures: Ring<FailureRecord>,
     pub(super) slowest: Slowest,
     pub(super) depth_history: DepthHistory,
     pub(super) next_drop_log: Instant,
@@ -113,6 +114,7 @@ impl State {
             wait,
             run,
             trace_id,
+            error,
             ..
         } = finished;
         self.running -= 1;
@@ -121,6 +123,15 @@ impl State {
         stats.record_end(outcome);
         stats.run.record(run, now);
         stats.wait.record(wait, now);
+        if let Some(error) = error {
+            self.recent_failures.push(FailureRecord {
+                at: now,
+                task: self.tasks[index].1.name,
+                outcome,
+                error,
+                trace_id,
+            });
+        }
         let run_ms = run.as_secs_f64() * 1000.0;
         if self.slowest.qualifies(run_ms) {
             let entry = SlowRecord {

@@ -11,7 +11,14 @@ use opentelemetry::metrics::Histogram;
 use opentelemetry::KeyValue;
 
 use super::names;
+use crate::rate_limit::RateLimit;
 use crate::task::Outcome;
+
+/// Failure events logged per task name: at most this many per
+/// [`FAILURE_LOG_WINDOW`], the rest counted in the next line.
+const FAILURE_LOG_BURST: u32 = 3;
+/// See [`FAILURE_LOG_BURST`].
+const FAILURE_LOG_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Per task name: attribute sets and span names, built once when the name is
 /// first used, so the hot paths never allocate them.
@@ -26,6 +33,8 @@ pub(crate) struct TaskAttributes {
     /// [`outcome_index`]): its attribute set, and how `bg.task.duration`
     /// records into it.
     pub(super) by_outcome: Vec<(Vec<KeyValue>, SetRecorder)>,
+    /// Rate limit of this name's failure events.
+    pub(crate) failure_log: RateLimit,
 }
 
 /// How a histogram records into one attribute set. With `bound-metrics`,
@@ -73,6 +82,7 @@ impl TaskAttributes {
             pool_task,
             wait_recorder: SetRecorder::default(),
             by_outcome,
+            failure_log: RateLimit::new(FAILURE_LOG_BURST, FAILURE_LOG_WINDOW),
         }
     }
 }

@@ -43,21 +43,23 @@ fn two_senders_and_a_receiver_lose_and_repeat_nothing() {
 #[test]
 fn a_full_ring_wraps_around_in_order() {
     loom::model(|| {
-        // One slot: the second send must wait for the first receive.
+        // The smallest ring, two slots: the third send must wait for the
+        // first receive, and lands on the next lap.
         let (tx, mut rx) = channel::<u32>(1);
         let sender = thread::spawn(move || {
-            send_retrying(&tx, 1);
-            send_retrying(&tx, 2);
+            for value in 1..=3 {
+                send_retrying(&tx, value);
+            }
         });
         let mut received = Vec::new();
-        while received.len() < 2 {
+        while received.len() < 3 {
             match rx.recv() {
                 Some(value) => received.push(value),
                 None => thread::yield_now(),
             }
         }
         sender.join().unwrap();
-        assert_eq!(received, [1, 2]);
+        assert_eq!(received, [1, 2, 3]);
         assert_eq!(rx.recv(), None);
     });
 }
