@@ -1,0 +1,109 @@
+//! Postgres for the durable-job tests: the server `./scripts/test` starts
+//! (`DATABASE_URL`), one schema per test so tests run in parallel.
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::{Duration, Instant};
+
+use bg_queue::durable::{migrate, Schema};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{AssertSqlSafe, PgPool, Row};
+
+/// The one line a test prints when it cannot run here.
+pub const SKIP: &str = "skipped: Postgres is missing, set DATABASE_URL (./scripts/test starts one)";
+
+/// `DATABASE_URL`, or `None` after printing the skip line; under
+/// `CI=true` a missing database fails the test instead.
+pub fn database_url() -> Option<String> {
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "DATABASE_URL is not set under CI=true: ./scripts/test starts Postgres"
+            );
+            eprintln!("{SKIP}");
+            None
+        }
+    }
+}
+
+/// A migrated schema of its own for one test.
+pub struct TestDb {
+    pub url: String,
+    pub pool: PgPool,
+    pub schema: Schema,
+}
+
+/// A fresh schema named after the test (dropped first if a previous run
+/// left it), migrated; `None` when there is no database (skip line
+/// printed).
+pub async fn test_db(test: &str) -> Option<TestDb> {
+    let url = database_url()?;
+    let pool = pool(&url, 20).await;
+    let schema = Schema::new(format!("t_{test}")).expect("test names are identifiers");
+    sqlx::query(AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+        schema.name()
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    migrate(&pool, &schema).await.unwrap();
+    Some(TestDb { url, pool, schema })
+}
+
+pub async fn pool(url: &str, max: u32) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"))
+}
+
+impl TestDb {
+    /// `"schema"."table"`.
+    pub fn table(&self, table: &str) -> String {
+        format!("\"{}\".\"{table}\"", self.schema.name())
+    }
+
+    /// Rows of `bg_jobs` by state.
+    pub async fn count(&self, state: &str) -> i64 {
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT count(*) FROM {} WHERE state::text = $1",
+            self.table("bg_jobs")
+        )))
+        .bind(state)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+        .get(0)
+    }
+
+    /// Runs a query returning one i64.
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        let sql = sql.replace("{s}", &format!("\"{}\"", self.schema.name()));
+        sqlx::query(AssertSqlSafe(sql))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Waits until `sql` (one i64) returns `want`, polling every 20 ms;
+    /// panics after `limit` with the last value.
+    pub async fn wait_for(&self, sql: &str, want: i64, limit: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let got = self.scalar(sql).await;
+            if got == want {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{sql} = {got}, wanted {want} within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
