@@ -51,6 +51,8 @@ pub(crate) async fn listen(shared: Arc<Shared>) {
             let received = tokio::select! {
                 received = listener.try_recv() => received,
                 _ = shared.stopped() => {
+                    // The pool's close waits for the listener's connection.
+                    drop(listener);
                     own_pool.close().await;
                     return;
                 }
