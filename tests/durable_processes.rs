@@ -278,22 +278,12 @@ async fn sigterm_returns_running_jobs_to_available_within_the_grace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_restart_mid_run_loses_nothing_and_workers_resume() {
-    let Some(db) = pg::test_db("proc_restart").await else {
+    // Its own cluster: restarting the shared one would cut the other
+    // tests' connections.
+    let Some(cluster) = pg::Cluster::start("restart") else {
         return;
     };
-    let Some(dir) = std::env::var("BG_TEST_PG_DIR")
-        .ok()
-        .filter(|d| !d.is_empty())
-    else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "BG_TEST_PG_DIR is not set under CI=true: ./scripts/test sets it"
-        );
-        eprintln!(
-            "skipped: restarting Postgres needs BG_TEST_PG_DIR, the cluster ./scripts/test starts"
-        );
-        return;
-    };
+    let db = pg::test_db_on(cluster.url.clone(), "proc_restart").await;
     create_ledger(&db).await;
     let a = spawn_worker(&db, "a", 5_000, 2_000);
     let b = spawn_worker(&db, "b", 5_000, 2_000);
@@ -305,11 +295,7 @@ async fn a_postgres_restart_mid_run_loses_nothing_and_workers_resume() {
     )
     .await;
     let restarted = Instant::now();
-    let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg"))
-        .args(["restart", &dir])
-        .status()
-        .unwrap();
-    assert!(status.success(), "scripts/pg restart failed");
+    cluster.restart();
     println!(
         "Postgres restarted in {:.2} s",
         restarted.elapsed().as_secs_f64()

@@ -38,7 +38,11 @@ pub struct TestDb {
 /// left it), migrated; `None` when there is no database (skip line
 /// printed).
 pub async fn test_db(test: &str) -> Option<TestDb> {
-    let url = database_url()?;
+    Some(test_db_on(database_url()?, test).await)
+}
+
+/// As [`test_db`], on the server at `url`.
+pub async fn test_db_on(url: String, test: &str) -> TestDb {
     let pool = pool(&url, 20).await;
     let schema = Schema::new(format!("t_{test}")).expect("test names are identifiers");
     sqlx::query(AssertSqlSafe(format!(
@@ -49,7 +53,70 @@ pub async fn test_db(test: &str) -> Option<TestDb> {
     .await
     .unwrap();
     migrate(&pool, &schema).await.unwrap();
-    Some(TestDb { url, pool, schema })
+    TestDb { url, pool, schema }
+}
+
+/// A private throwaway cluster (`scripts/pg`), for a test that restarts
+/// it; stopped and removed on drop. `None` (skip line printed) when the
+/// Postgres binaries are missing; under `CI=true` that fails instead.
+pub struct Cluster {
+    pub dir: std::path::PathBuf,
+    pub url: String,
+}
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg");
+
+impl Cluster {
+    pub fn start(name: &str) -> Option<Cluster> {
+        let installed = std::fs::read_dir("/usr/lib/postgresql")
+            .map(|mut versions| {
+                versions.any(|v| {
+                    v.map(|v| v.path().join("bin/pg_ctl").exists())
+                        .unwrap_or(false)
+                })
+            })
+            .unwrap_or(false);
+        if !installed {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "no Postgres under /usr/lib/postgresql under CI=true: ./scripts/test installs it"
+            );
+            eprintln!("skipped: Postgres is missing (no /usr/lib/postgresql/*/bin), ./scripts/test installs it");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("bg-queue-pg-{name}-{}", std::process::id()));
+        let output = std::process::Command::new(SCRIPT)
+            .arg("start")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "scripts/pg start failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let url = String::from_utf8(output.stdout).unwrap().trim().to_string();
+        Some(Cluster { dir, url })
+    }
+
+    /// `pg_ctl restart` (fast shutdown, same port and data).
+    pub fn restart(&self) {
+        let status = std::process::Command::new(SCRIPT)
+            .arg("restart")
+            .arg(&self.dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "scripts/pg restart failed");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(SCRIPT)
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
 }
 
 pub async fn pool(url: &str, max: u32) -> PgPool {
