@@ -16,6 +16,9 @@
 //!   queue, a delay or time ([`RunAt`]), the attempts and a unique key.
 //! - A worker ([`WorkerBuilder`]) serves one queue with `parallelism`
 //!   handlers at once.
+//! - [`snapshot`] reads the queues for people: counts by state, the oldest
+//!   due job's age, running jobs, recent failures, discarded jobs with
+//!   their error history (the data of `/debug/bg`'s durable section).
 //!
 //! # States
 //!
@@ -75,18 +78,22 @@
 //! [`DURABLE_METRICS`] and the `telemetry` notes in the README.
 
 mod attempt;
+mod builder;
 mod complete;
 mod enqueue;
 mod error;
+mod fetch;
 mod job;
 mod lease;
 mod migrate;
 mod notify;
 mod retention;
 mod retry;
+mod snapshot;
 mod telemetry;
 mod worker;
 
+pub use builder::WorkerBuilder;
 pub use enqueue::{
     Client, EnqueueBatch, EnqueueOptions, RunAt, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE,
 };
@@ -94,5 +101,8 @@ pub use error::{Error, Result};
 pub use job::{Job, JobContext, JobId};
 pub use migrate::{migrate, Schema, SCHEMA_VERSION};
 pub use retry::Backoff;
+pub use snapshot::{
+    snapshot, DiscardedJob, DurableSnapshot, FailedAttempt, QueueSnapshot, RunningJob, STATES,
+};
 pub use telemetry::{names, DURABLE_METRICS};
-pub use worker::{ShutdownReport, WorkerBuilder, WorkerHandle, WorkerStats};
+pub use worker::{ShutdownReport, WorkerHandle, WorkerStats};
