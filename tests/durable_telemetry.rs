@@ -254,6 +254,10 @@ async fn worker_spans_continue_the_enqueuers_trace_and_metrics_use_the_pool_name
     .await;
     let _ = other.shutdown(Duration::from_secs(2)).await;
     let points = metrics.collect();
+    // The stopped worker's queue no longer reports a (stale) depth.
+    assert!(!points
+        .iter()
+        .any(|p| p.metric == "bg.queue.depth" && p.attr("bg.pool.name") == Some("default")));
     assert!(points.iter().any(|p| p.metric == "bg.task.discarded"
         && p.attr("bg.pool.name") == Some("other")
         && p.value == 1.0));

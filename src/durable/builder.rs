@@ -237,8 +237,8 @@ impl WorkerBuilder {
         telemetry::register_queue_observers(
             &meter,
             Arc::clone(&shared.config.queue),
-            Arc::clone(&reading),
-            Arc::clone(&refresh),
+            &reading,
+            &refresh,
         );
         let permits = Arc::new(Semaphore::new(shared.config.parallelism));
         Ok(WorkerHandle {

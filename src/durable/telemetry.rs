@@ -421,37 +421,47 @@ pub(crate) struct QueueReading {
 }
 
 /// Registers `bg.queue.depth` and `bg.queue.oldest_age` for `queue`; each
-/// collection reads `reading` and wakes `refresh`.
+/// collection reads `reading` and wakes `refresh`. The callbacks hold weak
+/// references: once the worker stops (its refresh task, the owner, ends)
+/// they report nothing rather than a stale reading.
 pub(crate) fn register_queue_observers(
     meter: &Meter,
     queue: Arc<str>,
-    reading: Arc<Mutex<QueueReading>>,
-    refresh: Arc<Notify>,
+    reading: &Arc<Mutex<QueueReading>>,
+    refresh: &Arc<Notify>,
 ) {
     let (unit, description) = describe("bg.queue.depth");
     let (depth_queue, depth_reading, depth_refresh) = (
         Arc::clone(&queue),
-        Arc::clone(&reading),
-        Arc::clone(&refresh),
+        Arc::downgrade(reading),
+        Arc::downgrade(refresh),
     );
     meter
         .i64_observable_up_down_counter("bg.queue.depth")
         .with_unit(unit)
         .with_description(description)
         .with_callback(move |observer| {
-            depth_refresh.notify_one();
-            let reading = depth_reading.lock().unwrap_or_else(|e| e.into_inner());
+            let (Some(reading), Some(refresh)) = (depth_reading.upgrade(), depth_refresh.upgrade())
+            else {
+                return;
+            };
+            refresh.notify_one();
+            let reading = reading.lock().unwrap_or_else(|e| e.into_inner());
             for (task, depth) in &reading.depth {
                 observer.observe(*depth, &pool_task(&depth_queue, task));
             }
         })
         .build();
     let (unit, description) = describe("bg.queue.oldest_age");
+    let (reading, refresh) = (Arc::downgrade(reading), Arc::downgrade(refresh));
     meter
         .f64_observable_gauge("bg.queue.oldest_age")
         .with_unit(unit)
         .with_description(description)
         .with_callback(move |observer| {
+            let (Some(reading), Some(refresh)) = (reading.upgrade(), refresh.upgrade()) else {
+                return;
+            };
             refresh.notify_one();
             let age = reading
                 .lock()
