@@ -129,6 +129,11 @@ CREATE UNIQUE INDEX bg_jobs_unique ON {s}.bg_jobs (task_name, unique_key)
 /// version of this library.
 pub async fn migrate(pool: &PgPool, schema: &Schema) -> Result<Vec<i32>> {
     let mut tx = pool.begin().await?;
+    // `IF NOT EXISTS` on a migrated schema is the normal case, not news:
+    // keep its NOTICEs out of the application's log.
+    sqlx::query("SET LOCAL client_min_messages = warning")
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
         .bind(format!("bg_queue.migrate.{}", schema.name()))
         .execute(&mut *tx)
