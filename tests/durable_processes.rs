@@ -338,3 +338,67 @@ async fn a_postgres_restart_mid_run_loses_nothing_and_workers_resume() {
         assert!(status.success());
     }
 }
+
+/// CPU time (user + system, in clock ticks) a process used so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_costs_neither_cpu_nor_log_lines_and_loses_nothing() {
+    let Some(cluster) = pg::Cluster::start("outage") else {
+        return;
+    };
+    let db = pg::test_db_on(cluster.url.clone(), "proc_outage").await;
+    create_ledger(&db).await;
+    let worker = spawn_worker(&db, "w", 5_000, 2_000);
+    enqueue(&db, 0..200, 2).await;
+    db.wait_for(
+        "SELECT LEAST(count(*), 50) FROM {s}.bg_jobs WHERE state = 'completed'",
+        50,
+        Duration::from_secs(30),
+    )
+    .await;
+    cluster.down();
+    let pid = worker.child.id();
+    worker.wait_for_line("could not", Duration::from_secs(15));
+    let (cpu_before, warnings_before) = (cpu_ticks(pid), worker.stderr().len());
+    // The outage itself: a duration to measure over, not a wait for an event.
+    let outage = Duration::from_secs(6);
+    tokio::time::sleep(outage).await;
+    let cpu = cpu_ticks(pid) - cpu_before;
+    let lines = worker.stderr().len() - warnings_before;
+    cluster.up();
+    println!(
+        "6 s database outage: worker used {cpu} CPU ticks (1/100 s) and wrote {lines} log lines during it"
+    );
+    // Backing off from 100 ms to 10 s: well under 5% of a core.
+    assert!(cpu < 30, "{cpu} ticks in {outage:?}: the worker spins");
+    // At most one line per operation every 30 s.
+    assert!(
+        lines <= 10,
+        "{lines} lines:\n{}",
+        worker.stderr().join("\n")
+    );
+    enqueue(&db, 200..300, 0).await;
+    let resumed = db
+        .wait_for(
+            "SELECT count(*) FROM {s}.bg_jobs WHERE state = 'completed'",
+            300,
+            Duration::from_secs(60),
+        )
+        .await;
+    println!(
+        "after the outage: all 300 jobs completed {:.2} s after the new ones were enqueued",
+        resumed.as_secs_f64()
+    );
+    assert_eq!(
+        db.scalar("SELECT count(DISTINCT n) FROM {s}.ledger").await,
+        300
+    );
+    let (status, _) = worker.terminate(Duration::from_secs(15));
+    assert!(status.success());
+}

@@ -101,12 +101,26 @@ impl Cluster {
 
     /// `pg_ctl restart` (fast shutdown, same port and data).
     pub fn restart(&self) {
+        self.run("restart");
+    }
+
+    /// Stops the server, keeping the data: an outage until [`up`](Self::up).
+    pub fn down(&self) {
+        self.run("down");
+    }
+
+    /// Starts the server again on the same port.
+    pub fn up(&self) {
+        self.run("up");
+    }
+
+    fn run(&self, command: &str) {
         let status = std::process::Command::new(SCRIPT)
-            .arg("restart")
+            .arg(command)
             .arg(&self.dir)
             .status()
             .unwrap();
-        assert!(status.success(), "scripts/pg restart failed");
+        assert!(status.success(), "scripts/pg {command} failed");
     }
 }
 
