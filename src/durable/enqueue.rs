@@ -225,9 +225,10 @@ inserted AS (
         DO NOTHING
     RETURNING id, queue, task_name, state
 ),
+-- Delayed rows too: an idle worker then re-reads when its next job comes
+-- due, instead of sleeping through it until the next poll.
 woken AS (
-    SELECT pg_notify($10, queue)
-    FROM (SELECT DISTINCT queue FROM inserted WHERE state = 'available') AS queues
+    SELECT pg_notify($10, queue) FROM (SELECT DISTINCT queue FROM inserted) AS queues
 )
 -- Selecting the count makes the notifications part of the result, so the
 -- planner cannot drop them.

@@ -3,7 +3,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use sqlx::AssertSqlSafe;
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::Semaphore;
 
 use super::attempt::{self, Fetched};
@@ -89,12 +91,43 @@ pub(crate) async fn fetch_loop(shared: Arc<Shared>, permits: Arc<Semaphore>) {
         }
         drop(slots);
         if got < wanted {
-            // Drained: wait for a notification or the next poll.
+            // Drained: wait for a notification, the next delayed job or
+            // retry coming due, or the next poll, whichever is first.
+            let idle = match next_due(&shared).await {
+                Ok(Some(due)) => due.min(shared.config.poll_interval),
+                Ok(None) => shared.config.poll_interval,
+                Err(error) => {
+                    shared.database_error("fetch jobs", &error);
+                    shared.config.poll_interval
+                }
+            };
             tokio::select! {
                 _ = shared.wake.notified() => {}
-                _ = tokio::time::sleep(shared.config.poll_interval) => {}
+                _ = tokio::time::sleep(idle) => {}
                 _ = shared.fetching_stopped() => return,
             }
         }
     }
+}
+
+pub(crate) const NEXT_DUE_SQL: &str = r#"
+SELECT extract(epoch FROM min(run_at) - now())::float8 AS due_in
+FROM {s}.bg_jobs
+WHERE queue = $1
+  AND state IN ('available', 'scheduled', 'retryable')
+  AND run_at > now()
+  AND task_name = ANY($2)
+"#;
+
+/// How long until this queue's next job not yet due comes due (none when
+/// there is none). Only future rows count: a due row this worker could
+/// not take (another worker's fetch had it locked) must not make it spin.
+async fn next_due(shared: &Shared) -> Result<Option<Duration>, sqlx::Error> {
+    let row = sqlx::query(AssertSqlSafe(Arc::clone(&shared.sql.next_due)))
+        .bind(&*shared.config.queue)
+        .bind(&shared.task_names)
+        .fetch_one(&shared.pool)
+        .await?;
+    let due_in: Option<f64> = row.try_get("due_in")?;
+    Ok(due_in.map(|secs| Duration::from_secs_f64(secs.max(0.0))))
 }

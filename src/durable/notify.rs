@@ -2,7 +2,8 @@
 //! the fallback.
 //!
 //! Enqueue sends `NOTIFY` on the schema's channel (payload: the queue) in
-//! the same statement as the insert, so inside a transaction it is
+//! the same statement as the insert, for delayed jobs too (a woken worker
+//! that finds nothing due sleeps until the next job's `run_at`), so inside a transaction it is
 //! delivered at commit, never before the rows are visible. The listener
 //! holds its own connection (a pool of one, outside the application's
 //! pool): a `LISTEN` on a pooled connection would stop hearing as soon as

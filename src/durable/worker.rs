@@ -29,6 +29,7 @@ pub(crate) struct Sql {
     pub(crate) prune: Arc<str>,
     pub(crate) give_back: Arc<str>,
     pub(crate) depth: Arc<str>,
+    pub(crate) next_due: Arc<str>,
 }
 
 const GIVE_BACK_SQL: &str = r#"
@@ -68,6 +69,7 @@ impl Sql {
             prune: sql(PRUNE_SQL),
             give_back: sql(GIVE_BACK_SQL),
             depth: sql(DEPTH_SQL),
+            next_due: sql(super::fetch::NEXT_DUE_SQL),
         }
     }
 }
