@@ -282,6 +282,8 @@ async fn an_expired_lease_is_rescued_and_run_again_and_old_rows_are_pruned() {
     };
     // A job a dead worker held, its lease passed; a completed row two days old.
     db.scalar("WITH i AS (INSERT INTO {s}.bg_jobs (queue, task_name, args, max_attempts, state, attempt, locked_by, locked_until) VALUES ('default', 'work', '{\"n\": 1}', 5, 'running', 1, 'dead-worker', now() - interval '1 second') RETURNING 1) SELECT count(*) FROM i").await;
+    // Its last attempt: discarded, not run again.
+    db.scalar("WITH i AS (INSERT INTO {s}.bg_jobs (queue, task_name, args, max_attempts, state, attempt, locked_by, locked_until) VALUES ('default', 'work', '{\"n\": 3}', 2, 'running', 2, 'dead-worker', now() - interval '1 second') RETURNING 1) SELECT count(*) FROM i").await;
     db.scalar("WITH i AS (INSERT INTO {s}.bg_jobs (queue, task_name, args, max_attempts, state, finished_at) VALUES ('default', 'work', '{\"n\": 2}', 5, 'completed', now() - interval '2 days') RETURNING 1) SELECT count(*) FROM i").await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let worker = WorkerBuilder::new(db.pool.clone())
@@ -303,6 +305,8 @@ async fn an_expired_lease_is_rescued_and_run_again_and_old_rows_are_pruned() {
         .unwrap();
     assert_eq!((n, attempt), (1, 2));
     db.wait_for("SELECT count(*) FROM {s}.bg_jobs WHERE state = 'completed' AND errors->0->>'outcome' = 'lease_expired' AND errors->0->>'error' LIKE '%dead-worker%'", 1, Duration::from_secs(5)).await;
+    db.wait_for("SELECT count(*) FROM {s}.bg_jobs WHERE state = 'discarded' AND attempt = 2 AND finished_at IS NOT NULL AND errors->0->>'outcome' = 'lease_expired'", 1, Duration::from_secs(5)).await;
+    assert!(rx.try_recv().is_err(), "the discarded job did not run");
     db.wait_for(
         "SELECT count(*) FROM {s}.bg_jobs WHERE finished_at < now() - interval '1 day'",
         0,

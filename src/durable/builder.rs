@@ -64,6 +64,12 @@ impl std::fmt::Debug for BoxedTracerDebug {
 impl WorkerBuilder {
     /// A worker using `pool` for every statement but `LISTEN`, which gets
     /// its own connection made with the pool's connect options.
+    ///
+    /// Give the pool a short `acquire_timeout` (a few seconds): while the
+    /// database is down each of the worker's loops waits that long per try
+    /// before backing off, and sqlx's default is 30 s. The pool needs a
+    /// connection per concurrent handler that uses it, plus about four for
+    /// the worker (fetch, completion, leases, depth).
     pub fn new(pool: PgPool) -> Self {
         WorkerBuilder {
             pool,

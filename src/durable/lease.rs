@@ -24,7 +24,7 @@ WHERE id = ANY($1) AND state = 'running' AND locked_by = $2
 
 pub(crate) const RESCUE_SQL: &str = r#"
 WITH expired AS (
-    SELECT id FROM {s}.bg_jobs
+    SELECT id, locked_by FROM {s}.bg_jobs
     WHERE state = 'running' AND locked_until < now()
     ORDER BY locked_until
     LIMIT 1000
@@ -47,13 +47,15 @@ rescued AS (
         locked_until = NULL
     FROM expired
     WHERE j.id = expired.id
-    RETURNING j.queue, j.state
+    RETURNING j.id, j.queue, j.task_name, j.state, j.attempt, expired.locked_by AS lost_by
 ),
 woken AS (
     SELECT pg_notify($1, queue)
     FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'available') AS queues
 )
-SELECT (SELECT count(*) FROM rescued) AS rescued, (SELECT count(*) FROM woken) AS woken
+-- Selecting the count makes the notifications part of the result.
+SELECT r.id, r.queue, r.task_name, r.state::text AS state, r.attempt, r.lost_by, w.sent
+FROM rescued AS r CROSS JOIN (SELECT count(*) AS sent FROM woken) AS w
 "#;
 
 /// Renews the leases of the jobs this worker holds.
@@ -71,13 +73,32 @@ async fn heartbeat(shared: &Shared) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Returns expired leases to `available`; how many.
-async fn rescue(shared: &Shared) -> Result<i64, sqlx::Error> {
-    let row = sqlx::query(AssertSqlSafe(Arc::clone(&shared.sql.rescue)))
+/// Returns expired leases to `available` (or `discarded` after the last
+/// attempt), with a WARN event per job (rate-limited per job name) and
+/// `bg.task.discarded` for the discarded ones.
+async fn rescue(shared: &Shared) -> Result<(), sqlx::Error> {
+    let rows = sqlx::query(AssertSqlSafe(Arc::clone(&shared.sql.rescue)))
         .bind(&shared.channel)
-        .fetch_one(&shared.pool)
+        .fetch_all(&shared.pool)
         .await?;
-    row.try_get("rescued")
+    for row in rows {
+        let queue: &str = row.try_get("queue")?;
+        let task: &str = row.try_get("task_name")?;
+        let state: &str = row.try_get("state")?;
+        let discarded = state == "discarded";
+        if discarded {
+            shared.telemetry.discarded(queue, task);
+        }
+        shared.telemetry.lease_expired(
+            queue,
+            task,
+            row.try_get("id")?,
+            row.try_get("attempt")?,
+            row.try_get::<Option<&str>, _>("lost_by")?.unwrap_or("?"),
+            discarded,
+        );
+    }
+    Ok(())
 }
 
 /// Heartbeat, rescue and retention pruning, until the worker stops.
@@ -96,15 +117,8 @@ pub(crate) async fn maintain(shared: Arc<Shared>) {
             shared.database_error("renew leases", &error);
             continue;
         }
-        match rescue(&shared).await {
-            Ok(0) => {}
-            Ok(rescued) => tracing::warn!(
-                target: "bg_queue",
-                queue = %shared.config.queue,
-                rescued,
-                "durable jobs: returned jobs whose lease expired to the queue"
-            ),
-            Err(error) => shared.database_error("rescue expired leases", &error),
+        if let Err(error) = rescue(&shared).await {
+            shared.database_error("rescue expired leases", &error);
         }
         if last_prune.is_none_or(|at| at.elapsed() >= prune_every) {
             last_prune = Some(Instant::now());

@@ -357,6 +357,36 @@ impl WorkerTelemetry {
         }
     }
 
+    /// A job's lease lapsed (its worker died or lost the database): WARN,
+    /// rate-limited per job name like the failure events.
+    pub(crate) fn lease_expired(
+        &self,
+        queue: &str,
+        task: &str,
+        id: i64,
+        attempt: i32,
+        lost_by: &str,
+        discarded: bool,
+    ) {
+        let Some(suppressed) = self.events.allow(task) else {
+            return;
+        };
+        tracing::event!(
+            target: "bg_queue",
+            tracing::Level::WARN,
+            bg.pool.name = queue,
+            bg.task.name = task,
+            bg.task.outcome = "lease_expired",
+            bg.task.attempt = attempt,
+            job_id = id,
+            worker = lost_by,
+            discarded,
+            suppressed,
+            "durable job's lease expired: {}",
+            if discarded { "discarded (last attempt)" } else { "back to available" }
+        );
+    }
+
     pub(crate) fn retried(&self, queue: &str, task: &str) {
         self.retried.add(1, &pool_task(queue, task));
     }
