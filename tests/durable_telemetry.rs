@@ -271,3 +271,57 @@ trait InstrumentIn: std::future::Future + Sized {
 }
 
 impl<F: std::future::Future> InstrumentIn for F {}
+
+#[derive(Serialize, Deserialize)]
+struct Hang {}
+
+impl Job for Hang {
+    const NAME: &'static str = "hang";
+}
+
+#[tokio::test]
+async fn an_attempt_stopped_at_shutdown_ends_its_spans_as_abandoned() {
+    let Some(db) = pg::test_db("telemetry_abandoned").await else {
+        return;
+    };
+    let tracing_pipeline = Tracing::new();
+    let _subscriber = tracing::subscriber::set_default(tracing_pipeline.subscriber());
+    let client = Client::new(db.schema.clone());
+    let worker = WorkerBuilder::new(db.pool.clone())
+        .schema(db.schema.clone())
+        .tracer(tracing_pipeline.tracer())
+        .register(|_job: Hang, _cx: JobContext| async {
+            std::future::pending::<Result<(), String>>().await
+        })
+        .unwrap()
+        .start()
+        .unwrap();
+    client
+        .enqueue(&db.pool, &Hang {}, EnqueueOptions::new())
+        .await
+        .unwrap();
+    db.wait_for(
+        "SELECT count(*) FROM {s}.bg_jobs WHERE state = 'running'",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    let report = worker.shutdown(Duration::from_millis(100)).await;
+    assert_eq!(report.returned, 1);
+    let task = tracing_pipeline.span("bg hang");
+    assert_eq!(
+        attr_str(&task, "bg.task.outcome").as_deref(),
+        Some("abandoned")
+    );
+    assert!(
+        matches!(task.status, Status::Error { .. }),
+        "{:?}",
+        task.status
+    );
+    let run = tracing_pipeline.span("run hang");
+    assert_eq!(
+        attr_str(&run, "bg.task.outcome").as_deref(),
+        Some("abandoned")
+    );
+    assert_eq!(run.parent_span_id, task.span_context.span_id());
+}

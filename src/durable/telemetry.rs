@@ -221,6 +221,28 @@ pub(crate) struct AttemptInfo<'a> {
 pub(crate) struct AttemptSpans {
     task: Context,
     pub(crate) run: tracing::Span,
+    /// Set by [`WorkerTelemetry::finish`]; spans dropped without it belong
+    /// to an attempt stopped at shutdown (its job back in the queue).
+    finished: bool,
+}
+
+impl Drop for AttemptSpans {
+    fn drop(&mut self) {
+        if !self.finished {
+            const MESSAGE: &str = "abandoned: stopped at shutdown and returned to the queue";
+            self.run.record(TASK_OUTCOME, "abandoned");
+            self.run.record(ERROR_TYPE, "abandoned");
+            self.run.set_status(Status::error(MESSAGE));
+            let task = self.task.span();
+            task.set_attribute(KeyValue::new(TASK_OUTCOME, "abandoned"));
+            task.set_attribute(KeyValue::new(ERROR_TYPE, "abandoned"));
+            task.set_status(Status::error(MESSAGE));
+        }
+        // `bg.run` closes before its parent ends (the future being run may
+        // still hold a clone; it goes with the attempt).
+        drop(std::mem::replace(&mut self.run, tracing::Span::none()));
+        self.task.span().end();
+    }
 }
 
 /// The worker's tracer, instruments and rate limiters.
@@ -284,7 +306,11 @@ impl WorkerTelemetry {
         // Fails only without an OpenTelemetry layer (no parent to set then):
         // the span was created just above and never entered.
         let _ = run.set_parent(task.clone());
-        AttemptSpans { task, run }
+        AttemptSpans {
+            task,
+            run,
+            finished: false,
+        }
     }
 
     /// Ends the spans, records the duration and, for a failure, the event.
@@ -302,7 +328,9 @@ impl WorkerTelemetry {
             KeyValue::new(TASK_OUTCOME, outcome.as_str()),
         ];
         self.duration.record(run_time.as_secs_f64(), &attrs);
-        let AttemptSpans { task, run } = spans;
+        let mut spans = spans;
+        spans.finished = true;
+        let (task, run) = (&spans.task, &spans.run);
         run.record(TASK_OUTCOME, outcome.as_str());
         let task_span = task.span();
         task_span.set_attribute(KeyValue::new(TASK_OUTCOME, outcome.as_str()));
@@ -311,10 +339,9 @@ impl WorkerTelemetry {
             run.set_status(Status::error(message.to_string()));
             task_span.set_attribute(KeyValue::new(ERROR_TYPE, error_type.to_string()));
             task_span.set_status(Status::error(message.to_string()));
-            self.failure_event(info, outcome, message, run_time, &task);
+            self.failure_event(info, outcome, message, run_time, task);
         }
-        drop(run);
-        task_span.end();
+        // Dropping `spans` ends them.
     }
 
     fn failure_event(

@@ -162,6 +162,9 @@ impl Shared {
                 let _ = done.send(id);
             }
         }
+        drop(held);
+        // No longer running: shutdown's drain may be over.
+        self.released.notify_one();
     }
 
     /// The rows of `ids` were updated: this worker no longer holds them.
@@ -333,10 +336,10 @@ impl WorkerHandle {
             if shared.running_count() == 0 {
                 break true;
             }
+            // `notify_one` keeps a permit when nobody waits, so a release
+            // between the check above and this wait is not missed.
             tokio::select! {
                 _ = shared.released.notified() => {}
-                // Completions also release; re-check at least this often.
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                 _ = tokio::time::sleep_until(deadline) => break shared.running_count() == 0,
             }
         };
