@@ -10,7 +10,9 @@ mod pg;
 
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use bg_queue::durable::{Backoff, Client, EnqueueOptions, Job, JobContext, WorkerBuilder};
+use bg_queue::durable::{
+    Backoff, Client, EnqueueOptions, Job, JobContext, WorkerBuilder, DURABLE_METRICS,
+};
 use common::{attr, attr_str, Metrics, Tracing};
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::{Status, TraceContextExt};
@@ -235,6 +237,18 @@ async fn worker_spans_continue_the_enqueuers_trace_and_metrics_use_the_pool_name
         1.0
     );
     assert!(find("bg.queue.oldest_age", &[("bg.pool.name", "default")]).value > 0.0);
+    // Exported names and units are exactly DURABLE_METRICS' (discarded has
+    // no point yet: nothing was discarded on this queue).
+    let exported: std::collections::BTreeMap<&str, &str> = points
+        .iter()
+        .map(|p| (p.metric.as_str(), p.unit.as_str()))
+        .collect();
+    let table: std::collections::BTreeMap<&str, &str> = DURABLE_METRICS
+        .iter()
+        .filter(|(name, _, _)| *name != "bg.task.discarded")
+        .map(|(name, unit, _)| (*name, *unit))
+        .collect();
+    assert_eq!(exported, table);
     let _ = worker.shutdown(Duration::from_secs(2)).await;
 
     // The other queue's worker discards its failing job.
