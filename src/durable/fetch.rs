@@ -2,7 +2,6 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use sqlx::{AssertSqlSafe, Row};

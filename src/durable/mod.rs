@@ -29,6 +29,14 @@
 //! `available`, `scheduled` and `retryable` rows whose `run_at` has passed,
 //! on the database's clock.
 //!
+//! # When jobs start
+//!
+//! An idle worker wakes on the `NOTIFY` of an enqueue (delivered at
+//! commit), when its queue's next delayed job or retry comes due, and at
+//! least every `poll_interval` (default 1 s; the fallback for
+//! notifications lost while its listening connection was down). A due job
+//! starts within a few milliseconds on an idle worker.
+//!
 //! # Delivery: at-least-once
 //!
 //! A job runs at least once, and more than once when a worker stops

@@ -1,5 +1,10 @@
-//! The worker: fetches due jobs of one queue, runs at most `parallelism`
-//! at once, and records their outcomes.
+//! A running worker: the state its tasks share (settings, statements, the
+//! jobs it holds a lease on), its handle, and graceful shutdown.
+//!
+//! A worker is five tokio tasks: the fetch loop (`fetch.rs`, spawning one
+//! task per attempt, `attempt.rs`), the completer (`complete.rs`), the
+//! listener (`notify.rs`), lease upkeep and retention (`lease.rs`,
+//! `retention.rs`), and the queue-depth reader (`telemetry.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
