@@ -302,6 +302,7 @@ impl WorkerTelemetry {
             bg.task.outcome = tracing::field::Empty,
             error.type = tracing::field::Empty,
         );
+        // The macro needs the literal name; this ties it to the contract's.
         debug_assert_eq!(SPAN_RUN, "bg.run");
         // Fails only without an OpenTelemetry layer (no parent to set then):
         // the span was created just above and never entered.
