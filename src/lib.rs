@@ -70,6 +70,8 @@
 mod clock;
 #[cfg(feature = "debug-page")]
 mod debug_page;
+#[cfg(feature = "postgres")]
+pub mod durable;
 mod error;
 mod histogram;
 mod inbox;
