@@ -6,6 +6,7 @@
 //! ```sh
 //! cargo run --release --example spinning_producer            # 20 quiet runs
 //! cargo run --release --example spinning_producer -- --contended
+//! cargo run --release --example spinning_producer -- --flat [--contended]
 //! ```
 //!
 //! Each run builds a 2-worker runtime and `spawn_pool()` (capacity 1024,
@@ -13,6 +14,8 @@
 //! no-op task 50,000 times at an even pace, and reads how many tasks ran
 //! before it stopped. A pool whose runners wait behind the spinning task
 //! runs none of them in that time and accepts only the queue's 1,024.
+//! `--flat` calls `spawn` as fast as it can for the whole spin instead
+//! (nearly every call refused for a full queue).
 //! `--contended` first starts two CPU-bound processes on the same cores
 //! (this binary with `--burn`), as a busy machine would. `RUNS` sets the
 //! number of runs (default 20).
@@ -62,6 +65,11 @@ fn main() {
         return;
     }
     let contended = args.iter().any(|arg| arg == "--contended");
+    let pace = if args.iter().any(|arg| arg == "--flat") {
+        spin::Pace::Flat
+    } else {
+        spin::Pace::Even
+    };
     let runs: usize = std::env::var("RUNS")
         .ok()
         .and_then(|runs| runs.parse().ok())
@@ -69,15 +77,15 @@ fn main() {
     let _burners = contended.then(Burners::start);
     let mut figures = Vec::with_capacity(runs);
     for run in 1..=runs {
-        let (ran, accepted) = spin::run_once();
+        let (ran, accepted) = spin::run_once(pace);
         println!("run {run:2}: {ran:6} ran during the spin, {accepted:6} accepted");
         figures.push(ran);
     }
     figures.sort_unstable();
     let at_least = figures.iter().filter(|&&ran| ran >= spin::PROMISED).count();
     println!(
-        "spinning_producer{}: min {} median {} max {} ran during the spin; {at_least} of {runs} runs at least 2048",
-        if contended { " (2 CPU-bound neighbours)" } else { "" },
+        "spinning_producer ({pace:?} pace{}): min {} median {} max {} ran during the spin; {at_least} of {runs} runs at least 2048",
+        if contended { ", 2 CPU-bound neighbours" } else { "" },
         figures[0],
         figures[runs / 2],
         figures[runs - 1],

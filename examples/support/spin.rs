@@ -14,9 +14,19 @@ pub const CALLS: u64 = 50_000;
 /// none, and accepts only the queue's 1,024).
 pub const PROMISED: u64 = 2048;
 
+/// How the producer calls `spawn` during the spin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// [`CALLS`] calls at an even pace over [`SPIN`].
+    Even,
+    /// As fast as it can for the whole spin (millions of calls, nearly all
+    /// refused for a full queue): the refusals must not hide the runners.
+    Flat,
+}
+
 /// One run on a new 2-worker runtime and `spawn_pool()`: the tasks that
 /// ran during the spin, and those the pool accepted in all.
-pub fn run_once() -> (u64, u64) {
+pub fn run_once(pace: Pace) -> (u64, u64) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -28,6 +38,7 @@ pub fn run_once() -> (u64, u64) {
         let producer = {
             let bg = bg.clone();
             let ran = Arc::clone(&ran);
+            let pace_of_calls = pace;
             tokio::spawn(async move {
                 let start = Instant::now();
                 let pace = SPIN.as_nanos() as u64 / CALLS;
@@ -39,7 +50,11 @@ pub fn run_once() -> (u64, u64) {
                     if elapsed >= SPIN {
                         break;
                     }
-                    if calls < CALLS && elapsed.as_nanos() as u64 >= calls * pace {
+                    let due = match pace_of_calls {
+                        Pace::Even => calls < CALLS && elapsed.as_nanos() as u64 >= calls * pace,
+                        Pace::Flat => true,
+                    };
+                    if due {
                         let ran = Arc::clone(&ran);
                         bg.spawn("noop", async move {
                             ran.fetch_add(1, Ordering::Relaxed);
