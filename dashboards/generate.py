@@ -220,6 +220,24 @@ def dashboard():
     ))
     y += 8
     panels.append(timeseries(
+        "Busy against run time p99 by task",
+        "Busy time (bg.task.busy: time inside poll, the CPU part) beside run time (bg.task.duration). Run time far above busy time is waiting on I/O or timers (the SMTP server, not the pool).",
+        [
+            target(
+                f"histogram_quantile(0.99, sum by (le, bg_task_name) (rate(bg_task_busy_seconds_bucket{{{SEL_TASK}}}[{RATE}])))",
+                "busy p99 {{bg_task_name}}",
+                "A",
+            ),
+            target(
+                f"histogram_quantile(0.99, sum by (le, bg_task_name) (rate(bg_task_duration_seconds_bucket{{{SEL_TASK}}}[{RATE}])))",
+                "run p99 {{bg_task_name}}",
+                "B",
+            ),
+        ],
+        0, y, w=24, unit="s",
+    ))
+    y += 8
+    panels.append(timeseries(
         "Run time p99 with example traces",
         "p99 of the bg.run spans (from the collector's span metrics); the dots are exemplars: click one to open that run's trace in Jaeger.",
         [target(

@@ -282,6 +282,7 @@ fn pool_section(pool: &PoolSnapshot, jaeger: &str) -> Markup {
                     th { "task" } th { "queued" } th { "running" } th { "spawned" } th { "completed" }
                     th { "failed" } th { "dropped" } th { "panicked" } th { "timed out" }
                     th { "wait p50 / p99 ms" } th { "run p50 / p99 / max ms" }
+                    th { "busy p50 / p99 / max ms" }
                 } }
                 tbody {
                     @for task in &pool.tasks { (task_row(task)) }
@@ -359,6 +360,7 @@ fn task_row(task: &TaskSnapshot) -> Markup {
             td { (task.completed) } td { (task.failed) } td { (task.dropped) } td { (task.panicked) }
             td { (task.timed_out) } td { (pair(&task.wait_ms)) }
             td { (pair(&task.run_ms)) " / " (ms(task.run_ms.max)) }
+            td { (pair(&task.busy_ms)) " / " (ms(task.busy_ms.max)) }
         }
     }
 }

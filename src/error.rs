@@ -6,6 +6,10 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BuildError {
+    /// An empty (or blank) pool name: the pool's metrics, spans and page
+    /// rows would have no name to tell them apart.
+    #[error("bg-queue pool name must not be empty")]
+    EmptyName,
     /// `capacity(0)`: a queue that can hold nothing would drop every task
     /// that finds all runners busy.
     #[error("bg-queue pool `{pool}`: capacity must be at least 1")]

@@ -225,6 +225,10 @@ pub struct TaskSnapshot {
     pub wait_ms: Percentiles,
     /// Recent run time percentiles.
     pub run_ms: Percentiles,
+    /// Recent busy time percentiles: the time inside the task's `poll`,
+    /// measured when telemetry is on (empty otherwise). Run time much
+    /// longer than busy time is time spent waiting on I/O or timers.
+    pub busy_ms: Percentiles,
 }
 
 /// A consistent, point-in-time view of one pool.

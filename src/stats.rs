@@ -40,6 +40,8 @@ pub(crate) struct TaskStats {
     pub(crate) running: u64,
     pub(crate) wait: RecentHistogram,
     pub(crate) run: RecentHistogram,
+    /// Busy time of the runs that measured it.
+    pub(crate) busy: RecentHistogram,
     /// Drops already mentioned in a log line (for the rate-limited summary).
     pub(crate) dropped_logged: u64,
 }
@@ -59,6 +61,7 @@ impl TaskStats {
             running: 0,
             wait: RecentHistogram::new(now),
             run: RecentHistogram::new(now),
+            busy: RecentHistogram::new(now),
             dropped_logged: 0,
         }
     }
@@ -96,6 +99,7 @@ impl TaskStats {
             abandoned: self.abandoned,
             wait_ms: self.wait.percentiles(now),
             run_ms: self.run.percentiles(now),
+            busy_ms: self.busy.percentiles(now),
         }
     }
 }

@@ -145,3 +145,86 @@ async fn recent_failures_are_listed_newest_first_with_bounded_text() {
     assert_eq!(failures[1].error.chars().count(), ERROR_TEXT_MAX_CHARS + 1);
     assert!(failures[1].error.ends_with('\u{2026}'));
 }
+
+#[tokio::test(start_paused = true)]
+async fn drop_summaries_name_tasks_as_values_not_as_field_keys() {
+    let captured = Captured::default();
+    let _subscriber = fmt_into(&captured);
+    let bg = Builder::new("summary")
+        .capacity(1)
+        .parallelism(1)
+        .build()
+        .unwrap();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    bg.spawn("blocker", async move {
+        let _ = released.await;
+    });
+    tokio::task::yield_now().await;
+    bg.spawn("queued", async {});
+    // The first drop is summarised at once, the rest 10 s later.
+    for _ in 0..100 {
+        bg.spawn("send_receipt_email", async {});
+    }
+    bg.spawn("panics", async {});
+    tokio::time::advance(Duration::from_secs(11)).await;
+    bg.spawn("send_receipt_email", async {});
+    let summaries: Vec<String> = captured
+        .lines()
+        .into_iter()
+        .filter(|line| line.contains("dropped since the last summary"))
+        .collect();
+    assert_eq!(summaries.len(), 2, "{summaries:#?}");
+    assert!(
+        summaries[0]
+            .contains("dropped=1 by_task=\"{send_receipt_email: 1}\" reason=\"queue_full\""),
+        "{}",
+        summaries[0]
+    );
+    assert!(
+        summaries[1].contains(
+            "dropped=101 by_task=\"{send_receipt_email: 100, panics: 1}\" reason=\"queue_full\""
+        ),
+        "{}",
+        summaries[1]
+    );
+    let _ = release.send(());
+    bg.idle().await;
+}
+
+#[tokio::test]
+async fn an_empty_pool_name_is_an_error_and_a_shared_one_a_warning() {
+    for name in ["", "  "] {
+        assert_eq!(
+            Builder::new(name).build().unwrap_err(),
+            bg_queue::BuildError::EmptyName
+        );
+    }
+    let captured = Captured::default();
+    let _subscriber = fmt_into(&captured);
+    let first = Builder::new("shared-name").build().unwrap();
+    assert!(captured.lines().is_empty(), "{:#?}", captured.lines());
+    let second = Builder::new("shared-name").build().unwrap();
+    let lines = captured.lines();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains(" WARN "), "{}", lines[0]);
+    assert!(lines[0].contains("another live bg-queue pool has this name"));
+    drop((first, second));
+}
+
+#[test]
+fn spawns_outside_a_runtime_are_logged_once_not_per_task() {
+    let captured = Captured::default();
+    let _subscriber = fmt_into(&captured);
+    let bg = bg_queue::spawn_pool();
+    for _ in 0..50 {
+        bg.spawn("orphan", async {});
+    }
+    let lines: Vec<String> = captured
+        .lines()
+        .into_iter()
+        .filter(|line| line.contains("spawn outside a tokio runtime"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains("no_runtime"), "{}", lines[0]);
+    assert_eq!(bg.snapshot().dropped_by_reason.no_runtime, 50);
+}

@@ -38,6 +38,36 @@ pub const DEFAULT_POOL_NAME: &str = "default";
 /// Source of each pool's process-unique id.
 static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Live pools by name, to warn when two share one (and so their metric
+/// series).
+static LIVE_NAMES: Mutex<Vec<(String, usize)>> = Mutex::new(Vec::new());
+
+/// Counts a new live pool named `name`; how many others have that name.
+fn remember_live_name(name: &str) -> usize {
+    let mut live = LIVE_NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    match live.iter_mut().find(|(live_name, _)| live_name == name) {
+        Some((_, count)) => {
+            *count += 1;
+            *count - 1
+        }
+        None => {
+            live.push((name.to_owned(), 1));
+            0
+        }
+    }
+}
+
+/// A pool named `name` is gone.
+pub(super) fn forget_live_name(name: &str) {
+    let mut live = LIVE_NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(index) = live.iter().position(|(live_name, _)| live_name == name) {
+        live[index].1 -= 1;
+        if live[index].1 == 0 {
+            live.swap_remove(index);
+        }
+    }
+}
+
 /// Builds a pool. Every setting has a default; see each method.
 ///
 /// Build the pool *after* the application installs its tracer and meter
@@ -91,6 +121,9 @@ impl fmt::Debug for Builder {
 
 impl Builder {
     /// A builder for a pool called `name` (the `bg.pool.name` attribute).
+    /// The name must not be empty. Give each live pool its own: two with
+    /// the same name share their metric series, and the second one's build
+    /// logs a warning saying so.
     pub fn new(name: impl Into<String>) -> Self {
         Builder {
             name: name.into(),
@@ -143,7 +176,9 @@ impl Builder {
     }
 
     /// The meter for the pool's instruments. Defaults to the global meter
-    /// provider's `bg-queue` meter, read at build time.
+    /// provider's `bg-queue` meter, read at build time. A pool given a
+    /// meter measures every run's busy time (`bg.task.busy`); with the
+    /// global meter, only runs whose spans a subscriber records.
     pub fn meter(mut self, meter: Meter) -> Self {
         self.meter = Some(meter);
         self
@@ -170,6 +205,9 @@ impl Builder {
 
     fn validate(&self) -> Result<(), BuildError> {
         let pool = self.name.clone();
+        if self.name.trim().is_empty() {
+            return Err(BuildError::EmptyName);
+        }
         if self.capacity == 0 {
             return Err(BuildError::ZeroCapacity { pool });
         }
@@ -200,7 +238,7 @@ impl Builder {
     ///
     /// # Errors
     ///
-    /// A [`BuildError`] naming the pool and the setting: zero capacity or
+    /// A [`BuildError`] naming the pool and the setting: an empty name, zero capacity or
     /// parallelism, capacity above [`MAX_CAPACITY`] or parallelism above
     /// [`MAX_PARALLELISM`], a zero timeout, or no runtime (outside one,
     /// with none given).
@@ -223,6 +261,7 @@ impl Builder {
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build()
         };
+        let explicit_meter = self.meter.is_some();
         let meter = self
             .meter
             .unwrap_or_else(|| opentelemetry::global::meter_with_scope(scope()));
@@ -230,6 +269,16 @@ impl Builder {
             .tracer
             .unwrap_or_else(|| opentelemetry::global::tracer_with_scope(scope()));
         let now = Instant::now();
+        let others = remember_live_name(&self.name);
+        if others > 0 {
+            tracing::warn!(
+                target: "bg_queue",
+                pool = %self.name,
+                others,
+                "another live bg-queue pool has this name: their metric series \
+                 (bg.pool.name) are shared; give each pool its own name"
+            );
+        }
         let name: Arc<str> = self.name.into();
         let (inbox_tx, inbox_rx) = inbox::channel(self.capacity.min(INBOX_SLOTS));
         let open = runtime.is_some();
@@ -239,7 +288,13 @@ impl Builder {
             capacity: self.capacity,
             parallelism: self.parallelism,
             timeout: self.timeout,
-            telemetry: Telemetry::new(self.propagation, self.run_span, tracer, &meter),
+            telemetry: Telemetry::new(
+                self.propagation,
+                self.run_span,
+                tracer,
+                &meter,
+                explicit_meter,
+            ),
             state: Mutex::new(State {
                 inbox: inbox_rx,
                 // Grows on demand: an idle pool holds no queue storage (its
@@ -264,6 +319,7 @@ impl Builder {
             id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
             standby: Notify::new(),
             handles: AtomicUsize::new(1),
+            no_runtime_log: crate::rate_limit::RateLimit::new(1, Duration::from_secs(60)),
             runtime,
             idle: Notify::new(),
         });

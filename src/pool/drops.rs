@@ -44,22 +44,36 @@ impl CachedDrop {
     }
 }
 
+/// A drop summary: how many tasks were dropped since the last one, and how
+/// many of each name, as `{name: count, ...}` (names are values, never
+/// field keys, so a task named `panics` cannot read as a count).
+struct DropSummary {
+    dropped: u64,
+    by_task: String,
+}
+
 impl State {
     /// Drops not yet mentioned in a log line, if a summary is due.
-    fn drop_summary_due(&mut self, now: Instant) -> Option<String> {
+    fn drop_summary_due(&mut self, now: Instant) -> Option<DropSummary> {
         if now < self.next_drop_log {
             return None;
         }
         self.next_drop_log = now + DROP_LOG_INTERVAL;
+        let mut dropped = 0;
         let mut parts = Vec::new();
         for (_, stats) in &mut self.tasks {
             let total = stats.dropped_total();
             if total > stats.dropped_logged {
-                parts.push(format!("{}={}", stats.name, total - stats.dropped_logged));
+                let count = total - stats.dropped_logged;
+                dropped += count;
+                parts.push(format!("{}: {count}", stats.name));
                 stats.dropped_logged = total;
             }
         }
-        (!parts.is_empty()).then(|| parts.join(", "))
+        (dropped > 0).then(|| DropSummary {
+            dropped,
+            by_task: format!("{{{}}}", parts.join(", ")),
+        })
     }
 }
 
@@ -118,9 +132,23 @@ impl Pool {
             tracing::warn!(
                 target: "bg_queue",
                 pool = %self.name,
-                last_reason = reason.as_str(),
-                "background tasks dropped since the last summary: {summary}"
+                dropped = summary.dropped,
+                by_task = summary.by_task.as_str(),
+                reason = reason.as_str(),
+                "background tasks dropped since the last summary"
             );
+        }
+        if reason == DropReason::NoRuntime {
+            if let Some(suppressed) = self.no_runtime_log.admit(now) {
+                tracing::warn!(
+                    target: "bg_queue",
+                    pool = %self.name,
+                    task = name,
+                    suppressed,
+                    "spawn outside a tokio runtime: tasks on this pool are dropped (no_runtime); \
+                     build the pool inside the runtime or pass Builder::runtime"
+                );
+            }
         }
         error
     }

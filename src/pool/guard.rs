@@ -205,7 +205,7 @@ impl Drop for RunnerGuard {
             pool.telemetry
                 .record_duration(&current.attrs, outcome, run_time);
             if let Some(spans) = current.spans {
-                Telemetry::finish_spans(spans, outcome, None);
+                Telemetry::finish_spans(spans, outcome, None, None);
             }
         }
         if runtime_gone && !abandoned_names.is_empty() {

@@ -40,6 +40,8 @@ pub(super) struct Finished {
     pub(super) trace_id: Option<TraceId>,
     /// The error text of a run that did not succeed, bounded for the page.
     pub(super) error: Option<String>,
+    /// Time inside the task's `poll`, when measured.
+    pub(super) busy: Option<Duration>,
     pub(super) ended: Instant,
 }
 
@@ -197,19 +199,24 @@ async fn run_task(pool: &Arc<Pool>, guard: &mut RunnerGuard, taken: Taken) {
         wait,
         envelope.depth_at_enqueue,
     );
-    let future = spans.scope(envelope.future);
+    let measure_busy = pool.telemetry.measures_busy(spans.recorded());
+    let mut future = spans.scope(envelope.future, measure_busy);
     if let Some(current) = guard.current.as_mut() {
         current.spans = Some(spans);
     }
 
     let end = match pool.timeout {
-        Some(limit) => match tokio::time::timeout(limit, future).await {
+        Some(limit) => match tokio::time::timeout(limit, &mut future).await {
             Ok(result) => RunEnd::from_result(result),
             Err(_elapsed) => RunEnd::TimedOut,
         },
-        None => RunEnd::from_result(future.await),
+        None => RunEnd::from_result((&mut future).await),
     };
     let ended = Instant::now();
+    let busy = future.busy();
+    // A timed-out task is dropped here, inside its span, before the span
+    // ends.
+    drop(future);
     let run = ended.saturating_duration_since(started);
     let current = guard.current.take().expect("set before the run");
     let outcome = end.outcome();
@@ -223,11 +230,15 @@ async fn run_task(pool: &Arc<Pool>, guard: &mut RunnerGuard, taken: Taken) {
         run,
         trace_id,
         error: error.as_deref().map(bounded_error),
+        busy,
         ended,
     });
     pool.telemetry.record_duration(&current.attrs, outcome, run);
+    if let Some(busy) = busy {
+        pool.telemetry.record_busy(&current.attrs, busy);
+    }
     if let Some(spans) = current.spans {
-        Telemetry::finish_spans(spans, outcome, Some(&end));
+        Telemetry::finish_spans(spans, outcome, Some(&end), busy);
     }
     if let Some(error) = &error {
         let failure = Failure {

@@ -115,6 +115,7 @@ impl State {
             run,
             trace_id,
             error,
+            busy,
             ..
         } = finished;
         self.running -= 1;
@@ -123,6 +124,9 @@ impl State {
         stats.record_end(outcome);
         stats.run.record(run, now);
         stats.wait.record(wait, now);
+        if let Some(busy) = busy {
+            stats.busy.record(busy, now);
+        }
         if let Some(error) = error {
             self.recent_failures.push(FailureRecord {
                 at: now,
@@ -242,6 +246,14 @@ pub(crate) struct Pool {
     /// Live [`BackgroundTx`](super::BackgroundTx) handles: when the last
     /// one goes, nothing can spawn any more, and the standby runner leaves.
     pub(super) handles: AtomicUsize,
+    /// Rate limit of the "no runtime" warning (one line a minute).
+    pub(super) no_runtime_log: crate::rate_limit::RateLimit,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        super::builder::forget_live_name(&self.name);
+    }
 }
 
 impl Pool {

@@ -29,6 +29,8 @@ pub(crate) struct TaskAttributes {
     pub(crate) pool_task: Vec<KeyValue>,
     /// How `bg.task.wait` records into `pool_task`.
     pub(super) wait_recorder: SetRecorder,
+    /// How `bg.task.busy` records into `pool_task`.
+    pub(super) busy_recorder: SetRecorder,
     /// Per outcome (the run outcomes, then `abandoned`; see
     /// [`outcome_index`]): its attribute set, and how `bg.task.duration`
     /// records into it.
@@ -81,6 +83,7 @@ impl TaskAttributes {
             run_span_name: Box::leak(format!("run {name}").into_boxed_str()),
             pool_task,
             wait_recorder: SetRecorder::default(),
+            busy_recorder: SetRecorder::default(),
             by_outcome,
             failure_log: RateLimit::new(FAILURE_LOG_BURST, FAILURE_LOG_WINDOW),
         }

@@ -18,6 +18,10 @@ pub(crate) struct Telemetry {
     pub(super) tracer: BoxedTracer,
     wait: Histogram<f64>,
     duration: Histogram<f64>,
+    busy: Histogram<f64>,
+    /// Whether the pool was given a meter: busy time is then measured even
+    /// for runs whose spans no subscriber records.
+    pub(super) explicit_meter: bool,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -45,6 +49,7 @@ impl Telemetry {
         run_span: RunSpan,
         tracer: BoxedTracer,
         meter: &Meter,
+        explicit_meter: bool,
     ) -> Self {
         Telemetry {
             propagation,
@@ -52,7 +57,22 @@ impl Telemetry {
             tracer,
             wait: histogram(meter, "bg.task.wait"),
             duration: histogram(meter, "bg.task.duration"),
+            busy: histogram(meter, "bg.task.busy"),
+            explicit_meter,
         }
+    }
+
+    /// Whether to measure a run's busy time: when telemetry is on for it,
+    /// that is when a subscriber records its spans (`spans_recorded`) or
+    /// the pool was given a meter. Off, a run pays no clock reads for it.
+    pub(crate) fn measures_busy(&self, spans_recorded: bool) -> bool {
+        spans_recorded || self.explicit_meter
+    }
+
+    pub(crate) fn record_busy(&self, attrs: &TaskAttributes, busy: Duration) {
+        attrs
+            .busy_recorder
+            .record(&self.busy, &attrs.pool_task, busy.as_secs_f64());
     }
     pub(crate) fn record_wait(&self, attrs: &TaskAttributes, wait: Duration) {
         attrs

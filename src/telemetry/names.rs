@@ -15,6 +15,9 @@ pub const TASK_OUTCOME: &str = "bg.task.outcome";
 pub const DROP_REASON: &str = "bg.drop.reason";
 /// Attribute: milliseconds between `spawn` and the start of the run.
 pub const TASK_WAIT_MS: &str = "bg.task.wait_ms";
+/// Attribute (on `bg.run`): milliseconds the task spent inside `poll`,
+/// recorded when telemetry is on.
+pub const TASK_BUSY_MS: &str = "bg.task.busy_ms";
 /// Attribute: queue depth seen at enqueue.
 pub const QUEUE_DEPTH: &str = "bg.queue.depth";
 /// Attribute: the error's type on non-ok outcomes.

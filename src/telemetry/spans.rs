@@ -14,9 +14,9 @@ use crate::task::{CatchPanic, Outcome, RunEnd, TaskFuture};
 use crate::DropReason;
 
 /// Attributes [`Telemetry::finish_spans`] adds to a span the pool started
-/// through the OpenTelemetry API: `bg.task.outcome`, and `error.type` for a
-/// non-ok outcome.
-const FINISH_ATTRIBUTES: usize = 2;
+/// through the OpenTelemetry API: `bg.task.outcome`, `bg.task.busy_ms` (on
+/// `bg.run`), and `error.type` for a non-ok outcome.
+const FINISH_ATTRIBUTES: usize = 3;
 
 /// The `bg.run` span, made one way or the other (see [`RunSpan`]).
 #[derive(Clone)]
@@ -42,9 +42,22 @@ pub(crate) struct TaskSpans {
 /// `poll`, so inside the span; with `tracing-opentelemetry` a second entry
 /// costs a span lookup and a context switch per task). A future dropped before it
 /// completes (timed out, aborted, abandoned) is dropped inside the span too.
+///
+/// With busy time on, it also adds up the time spent inside the task's
+/// `poll` (two clock reads per poll): the task's busy time, against its run
+/// time, which includes its waits on I/O and timers.
 pub(crate) struct Scoped {
     run: RunHandle,
     task: CatchPanic<TaskFuture>,
+    /// Time inside `poll` so far; `None` when busy time is off.
+    busy: Option<Duration>,
+}
+
+impl Scoped {
+    /// The time spent inside the task's `poll`, if measured.
+    pub(crate) fn busy(&self) -> Option<Duration> {
+        self.busy
+    }
 }
 
 /// Keeps `bg.run` current while it lives (the guards act on drop).
@@ -81,7 +94,13 @@ impl std::future::Future for Scoped {
         // `Unpin`: the task future is boxed.
         let this = self.get_mut();
         let _current = this.run.enter();
-        std::pin::Pin::new(&mut this.task).poll(cx)
+        let Some(busy) = this.busy.as_mut() else {
+            return std::pin::Pin::new(&mut this.task).poll(cx);
+        };
+        let started = std::time::Instant::now();
+        let poll = std::pin::Pin::new(&mut this.task).poll(cx);
+        *busy += started.elapsed();
+        poll
     }
 }
 
@@ -98,12 +117,19 @@ impl Drop for Scoped {
 }
 
 impl TaskSpans {
-    /// Runs `task` inside `bg.run`.
-    pub(crate) fn scope(&self, task: CatchPanic<TaskFuture>) -> Scoped {
+    /// Runs `task` inside `bg.run`, measuring its busy time if
+    /// `measure_busy`.
+    pub(crate) fn scope(&self, task: CatchPanic<TaskFuture>, measure_busy: bool) -> Scoped {
         Scoped {
             run: self.run.clone(),
             task,
+            busy: measure_busy.then_some(Duration::ZERO),
         }
+    }
+
+    /// Whether the task's spans are recorded (a subscriber enabled them).
+    pub(crate) fn recorded(&self) -> bool {
+        self.task.is_some()
     }
 
     /// Trace id of `bg.task`, for the "slowest" list.
@@ -176,6 +202,7 @@ impl Telemetry {
                     bg.task.name = attrs.name,
                     bg.task.wait_ms = wait_ms,
                     bg.task.outcome = tracing::field::Empty,
+                    bg.task.busy_ms = tracing::field::Empty,
                     // Recorded for non-ok outcomes, like the outcome: as a
                     // field, every subscriber sees it.
                     error.type = tracing::field::Empty,
@@ -265,8 +292,15 @@ impl Telemetry {
     }
 
     /// Sets outcome and status, then ends `bg.run` and `bg.task`.
-    pub(crate) fn finish_spans(spans: TaskSpans, outcome: Outcome, end: Option<&RunEnd>) {
+    /// `busy` is the run's busy time, when measured (it goes on `bg.run`).
+    pub(crate) fn finish_spans(
+        spans: TaskSpans,
+        outcome: Outcome,
+        end: Option<&RunEnd>,
+        busy: Option<Duration>,
+    ) {
         let TaskSpans { run, task } = spans;
+        let busy_ms = busy.map(|busy| busy.as_secs_f64() * 1000.0);
         let error = end.and_then(error_details).or_else(|| {
             (outcome == Outcome::Abandoned)
                 .then(|| ("abandoned at the shutdown deadline".into(), "abandoned"))
@@ -275,13 +309,22 @@ impl Telemetry {
             RunHandle::Tracing(run) => {
                 if !run.is_disabled() {
                     run.record(names::TASK_OUTCOME, outcome.as_str());
+                    if let Some(busy_ms) = busy_ms {
+                        run.record(names::TASK_BUSY_MS, busy_ms);
+                    }
                     if let Some((message, error_type)) = &error {
                         run.record(names::ERROR_TYPE, *error_type);
                         run.set_status(Status::error(message.clone()));
                     }
                 }
             }
-            RunHandle::OpenTelemetry(cx) => end_with_outcome(&cx, outcome, error.as_ref()),
+            RunHandle::OpenTelemetry(cx) => {
+                if let Some(busy_ms) = busy_ms {
+                    cx.span()
+                        .set_attribute(KeyValue::new(names::TASK_BUSY_MS, busy_ms));
+                }
+                end_with_outcome(&cx, outcome, error.as_ref());
+            }
         }
         if let Some(task) = task {
             end_with_outcome(&task, outcome, error.as_ref());

@@ -39,7 +39,7 @@ const POOL_TASK: &[&str] = &[names::POOL_NAME, names::TASK_NAME];
 
 /// Every metric the crate exports. The README's metrics table mirrors
 /// it; a test fails when the exported metrics and this table disagree.
-pub const METRICS: [MetricDefinition; 9] = [
+pub const METRICS: [MetricDefinition; 10] = [
     MetricDefinition {
         name: "bg.task.spawned",
         kind: InstrumentKind::Counter,
@@ -67,6 +67,13 @@ pub const METRICS: [MetricDefinition; 9] = [
         unit: "s",
         attributes: &[names::POOL_NAME, names::TASK_NAME, names::TASK_OUTCOME],
         description: "Run time, by outcome (recorded when the run ends; abandoned runs included).",
+    },
+    MetricDefinition {
+        name: "bg.task.busy",
+        kind: InstrumentKind::Histogram,
+        unit: "s",
+        attributes: POOL_TASK,
+        description: "Time the task spent inside poll, the CPU part of its run time (recorded when the run ends, when telemetry is on).",
     },
     MetricDefinition {
         name: "bg.queue.depth",

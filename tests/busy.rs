@@ -1,0 +1,121 @@
+#![cfg(target_os = "linux")]
+//! Busy against waiting: a run's busy time is the time inside its `poll`,
+//! the CPU it burned, not the time it spent waiting on timers or I/O.
+//! Recorded on `bg.run` (`bg.task.busy_ms`), in `bg.task.busy` and in the
+//! snapshot's `busy_ms`, and only when telemetry is on.
+
+mod common;
+
+use std::time::Duration;
+
+use bg_queue::Builder;
+use common::{Metrics, Tracing};
+use opentelemetry::metrics::MeterProvider as _;
+
+/// CPU time this thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid `timespec` that lives across the call, which
+    // only writes to it; the clock id is a constant Linux has had since
+    // 2.6.12.
+    let failed = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0;
+    assert!(!failed, "no thread CPU clock");
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// Burns `cpu` of this thread's CPU time, in two polls around a sleep ten
+/// times as long: returns the CPU time it really burned.
+async fn burn_then_wait_then_burn(cpu: Duration) -> Duration {
+    let burn = |amount: Duration| {
+        let start = thread_cpu_time();
+        while thread_cpu_time() - start < amount {
+            std::hint::spin_loop();
+        }
+        thread_cpu_time() - start
+    };
+    let first = burn(cpu / 2);
+    tokio::time::sleep(cpu * 10).await;
+    first + burn(cpu / 2)
+}
+
+/// Busy time against the CPU time the task measured itself. Wall time
+/// inside `poll` exceeds CPU time only when the OS runs another process on
+/// this core meanwhile, so the best of three runs is compared.
+#[test]
+fn busy_time_is_the_cpu_a_task_burned_not_its_waits() {
+    let tracing = Tracing::new();
+    let metrics = Metrics::new();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _subscriber = tracing::subscriber::set_default(tracing.subscriber());
+    runtime.block_on(async {
+        let bg = Builder::new("busy")
+            .meter(metrics.provider.meter("test"))
+            .tracer(tracing.tracer())
+            .build()
+            .unwrap();
+        let cpu = Duration::from_millis(40);
+        let mut closest = f64::MAX;
+        for _ in 0..3 {
+            let (burned_tx, burned_rx) = tokio::sync::oneshot::channel();
+            bg.spawn("render_pdf", async move {
+                let _ = burned_tx.send(burn_then_wait_then_burn(cpu).await);
+            });
+            let burned = burned_rx.await.unwrap();
+            bg.idle().await;
+            let run = tracing
+                .spans()
+                .into_iter()
+                .filter(|span| span.name == "run render_pdf")
+                .last()
+                .expect("a bg.run span");
+            let busy_ms = common::attr(&run, "bg.task.busy_ms")
+                .and_then(|value| value.as_str().parse::<f64>().ok())
+                .expect("bg.task.busy_ms on bg.run");
+            let run_ms = (run.end_time.duration_since(run.start_time))
+                .unwrap()
+                .as_secs_f64()
+                * 1000.0;
+            let burned_ms = burned.as_secs_f64() * 1000.0;
+            assert!(run_ms > 5.0 * busy_ms, "run {run_ms} ms, busy {busy_ms} ms");
+            closest = closest.min((busy_ms - burned_ms).abs() / burned_ms);
+        }
+        assert!(
+            closest <= 0.10,
+            "busy time off the CPU time burned by {:.1}% at best",
+            closest * 100.0
+        );
+
+        let task = bg.snapshot().task("render_pdf").unwrap().clone();
+        let busy_max = task.busy_ms.max.expect("busy_ms in the snapshot");
+        let run_p50 = task.run_ms.p50.expect("run_ms in the snapshot");
+        assert!(busy_max < run_p50, "busy {busy_max} ms, run {run_p50} ms");
+
+        let points = metrics.collect();
+        let busy = points
+            .iter()
+            .find(|point| point.metric == "bg.task.busy")
+            .expect("bg.task.busy exported");
+        assert_eq!(busy.unit, "s");
+        assert_eq!(busy.count, 3);
+        assert_eq!(busy.attr("bg.task.name"), Some("render_pdf"));
+        assert!(busy.value < 3.0 * cpu.as_secs_f64() * 1.5, "{busy:?}");
+    });
+}
+
+/// With no subscriber and the global (no-op) meter, nothing measures busy
+/// time: no clock reads in `poll`, and the snapshot has no figure.
+#[tokio::test]
+async fn without_telemetry_busy_time_is_not_measured() {
+    let bg = Builder::new("quiet").build().unwrap();
+    bg.spawn("work", async {});
+    bg.idle().await;
+    let task = bg.snapshot().task("work").unwrap().clone();
+    assert_eq!(task.busy_ms.max, None);
+    assert!(task.run_ms.max.is_some());
+}
