@@ -374,3 +374,24 @@ fn design_md_names_exactly_the_exported_metrics_when_present() {
         );
     }
 }
+
+/// The README's quick start is `examples/quickstart.rs`, which CI builds:
+/// the README must show that code verbatim.
+#[test]
+fn the_readme_quick_start_is_the_example_ci_builds() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let example = std::fs::read_to_string(root().join("examples/quickstart.rs")).unwrap();
+    let code = example
+        .split("// --- README quick start begins ---\n")
+        .nth(1)
+        .and_then(|rest| rest.split("// --- README quick start ends ---").next())
+        .expect("examples/quickstart.rs marks the quick start");
+    let quick_start = readme
+        .split("## Quick start")
+        .nth(1)
+        .expect("a Quick start section");
+    assert!(
+        quick_start.contains(&format!("```rust,ignore\n{code}```")),
+        "the README's quick start differs from examples/quickstart.rs"
+    );
+}
