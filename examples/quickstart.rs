@@ -17,7 +17,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let checkout = tracing::info_span!("checkout");
     checkout.in_scope(|| {
-        bg.spawn("send_receipt_email", async { tracing::info!("receipt sent") });
+        bg.spawn("send_receipt_email", async {
+            tracing::info!("receipt sent")
+        });
     });
 
     let report = bg.shutdown(std::time::Duration::from_secs(5)).await;

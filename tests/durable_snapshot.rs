@@ -146,5 +146,69 @@ async fn the_snapshot_shows_states_running_failures_and_discarded_history() {
     ] {
         assert!(json["queues"][1].get(key).is_some(), "no {key} in {json}");
     }
+
+    // The same on /debug/bg, beside an in-memory pool.
+    let bg = bg_queue::Builder::new("webhooks").build().unwrap();
+    let page = || {
+        bg_queue::DebugPage::new()
+            .pool(bg.clone())
+            .durable(db.pool.clone(), db.schema.clone())
+            .router()
+    };
+    let body = get(page(), "/debug/bg.json").await;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["pools"][0]["name"], "webhooks");
+    let mail = &json["durable"]["queues"][1];
+    assert_eq!(mail["name"], "mail");
+    assert_eq!(mail["states"]["discarded"], 1);
+    assert_eq!(
+        mail["discarded"][0]["errors"][1]["error"],
+        "mailbox full (attempt 2)"
+    );
+    let html = get(page(), "/debug/bg").await;
+    for text in [
+        "Durable queues (Postgres)",
+        "Recent failed attempts",
+        "mailbox full (attempt 2)",
+        "#1 failed: mailbox full (attempt 1)",
+    ] {
+        assert!(html.contains(text), "no {text:?} on the page:\n{html}");
+    }
     let _ = worker.shutdown(Duration::from_millis(100)).await;
+}
+
+/// The body of a GET through the router, with no server.
+async fn get(app: axum::Router, path: &str) -> String {
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+    let request = axum::http::Request::get(path)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), axum::http::StatusCode::OK);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+/// With the database unreachable, the page still shows the in-memory pools,
+/// and one line saying the jobs table could not be read (within its limit).
+#[tokio::test]
+async fn an_unreachable_database_is_one_line_on_the_page() {
+    let unreachable = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(300))
+        .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+        .unwrap();
+    let bg = bg_queue::Builder::new("webhooks").build().unwrap();
+    let app = bg_queue::DebugPage::new()
+        .pool(bg)
+        .durable(unreachable, bg_queue::durable::Schema::default())
+        .router();
+    let started = std::time::Instant::now();
+    let html = get(app.clone(), "/debug/bg").await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(html.contains("webhooks"), "{html}");
+    assert!(html.contains("the jobs table could not be read"), "{html}");
+    let json: serde_json::Value = serde_json::from_str(&get(app, "/debug/bg.json").await).unwrap();
+    assert!(json["durable"]["error"].is_string(), "{json}");
+    assert_eq!(json["pools"][0]["name"], "webhooks");
 }

@@ -12,6 +12,7 @@ use sqlx::{AssertSqlSafe, PgPool, Row};
 
 use super::error::Result;
 use super::migrate::Schema;
+use crate::snapshot::bounded_error;
 
 /// Every state, in the order of a job's life.
 pub const STATES: [&str; 7] = [
@@ -116,6 +117,20 @@ fn rfc3339(column: &str) -> String {
     RFC3339.replace("%s", column)
 }
 
+/// A row's `errors` with each entry's `error` text cut as the page cuts
+/// error text ([`ERROR_TEXT_MAX_CHARS`](crate::ERROR_TEXT_MAX_CHARS)).
+fn bound_errors(mut errors: serde_json::Value) -> serde_json::Value {
+    if let Some(entries) = errors.as_array_mut() {
+        for entry in entries {
+            if let Some(text) = entry.get("error").and_then(serde_json::Value::as_str) {
+                let bounded = bounded_error(text);
+                entry["error"] = serde_json::Value::String(bounded);
+            }
+        }
+    }
+    errors
+}
+
 fn trace_id(traceparent: Option<String>) -> Option<String> {
     traceparent.and_then(|t| t.split('-').nth(1).map(str::to_string))
 }
@@ -208,7 +223,7 @@ pub async fn snapshot(pool: &PgPool, schema: &Schema, limit: usize) -> Result<Du
             attempt: row.try_get::<Option<i64>, _>(3)?.unwrap_or(0),
             at: row.try_get::<Option<String>, _>(4)?.unwrap_or_default(),
             outcome: row.try_get::<Option<String>, _>(5)?.unwrap_or_default(),
-            error: row.try_get::<Option<String>, _>(6)?.unwrap_or_default(),
+            error: bounded_error(&row.try_get::<Option<String>, _>(6)?.unwrap_or_default()),
             trace_id: trace_id(row.try_get(7)?),
         };
         queue(&mut queues, row.try_get(0)?)
@@ -236,7 +251,7 @@ pub async fn snapshot(pool: &PgPool, schema: &Schema, limit: usize) -> Result<Du
             task: row.try_get(2)?,
             attempts: row.try_get(3)?,
             finished_at: row.try_get::<Option<String>, _>(4)?.unwrap_or_default(),
-            errors: serde_json::from_str(&errors).unwrap_or(serde_json::Value::Null),
+            errors: bound_errors(serde_json::from_str(&errors).unwrap_or(serde_json::Value::Null)),
             trace_id: trace_id(row.try_get(6)?),
         };
         queue(&mut queues, row.try_get(0)?).discarded.push(job);

@@ -36,6 +36,9 @@ use axum::Router;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde::Deserialize;
 
+#[cfg(feature = "postgres")]
+mod durable;
+
 use crate::snapshot::{PoolSnapshot, TaskSnapshot};
 use crate::{BackgroundTx, Percentiles};
 
@@ -48,6 +51,8 @@ pub const DEFAULT_JAEGER_UI_URL: &str = "http://localhost:16686";
 pub struct DebugPage {
     pools: Vec<BackgroundTx>,
     jaeger_ui_url: String,
+    #[cfg(feature = "postgres")]
+    durable: Option<durable::DurableSource>,
 }
 
 impl Default for DebugPage {
@@ -67,7 +72,40 @@ impl DebugPage {
         DebugPage {
             pools: Vec::new(),
             jaeger_ui_url,
+            #[cfg(feature = "postgres")]
+            durable: None,
         }
+    }
+
+    /// Shows the durable queues of the jobs table in `schema` (feature
+    /// `postgres`): counts by state, the oldest due job's age, running
+    /// jobs, recent failed attempts and discarded jobs with their errors.
+    /// Read on each request; an unreachable database shows as one line.
+    #[cfg(feature = "postgres")]
+    pub fn durable(mut self, pool: sqlx::PgPool, schema: crate::durable::Schema) -> Self {
+        self.durable = Some(durable::DurableSource { pool, schema });
+        self
+    }
+
+    /// The durable section, or nothing when none is configured.
+    async fn durable_section(&self) -> Markup {
+        #[cfg(feature = "postgres")]
+        if let Some(source) = &self.durable {
+            return durable::section(&source.read().await, &self.jaeger_ui_url);
+        }
+        html! {}
+    }
+
+    /// The durable queues as JSON, or `None` when none is configured.
+    async fn durable_json(&self) -> Option<serde_json::Value> {
+        #[cfg(feature = "postgres")]
+        if let Some(source) = &self.durable {
+            return Some(match source.read().await {
+                Ok(snapshot) => serde_json::to_value(snapshot).unwrap_or_default(),
+                Err(error) => serde_json::json!({ "error": error }),
+            });
+        }
+        None
     }
 
     /// Adds a pool to the page.
@@ -124,11 +162,16 @@ fn no_store(mut response: Response) -> Response {
 #[derive(serde::Serialize)]
 struct JsonBody {
     pools: Vec<PoolSnapshot>,
+    /// The durable queues (`{"queues": [...]}`, or `{"error": ...}`), when
+    /// the page shows them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    durable: Option<serde_json::Value>,
 }
 
 async fn json_page(State(page): PageState) -> Response {
     let body = JsonBody {
         pools: page.snapshots(),
+        durable: page.durable_json().await,
     };
     // Serializing plain counters and strings cannot fail.
     let json = serde_json::to_vec(&body).unwrap_or_default();
@@ -144,11 +187,12 @@ struct PageQuery {
 
 async fn html_page(State(page): PageState, Query(query): Query<PageQuery>) -> Response {
     let snapshots = page.snapshots();
+    let durable = page.durable_section().await;
     let partial = query.partial.is_some();
     let body = if partial {
-        live_part(&snapshots, &page.jaeger_ui_url)
+        live_part(&snapshots, &durable, &page.jaeger_ui_url)
     } else {
-        full_page(&snapshots, &page.jaeger_ui_url)
+        full_page(&snapshots, &durable, &page.jaeger_ui_url)
     };
     no_store(axum::response::Html(body.into_string()).into_response())
 }
@@ -187,7 +231,7 @@ const SCRIPT: &str = r#"
 })();
 "#;
 
-fn full_page(snapshots: &[PoolSnapshot], jaeger: &str) -> Markup {
+fn full_page(snapshots: &[PoolSnapshot], durable: &Markup, jaeger: &str) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -204,14 +248,14 @@ fn full_page(snapshots: &[PoolSnapshot], jaeger: &str) -> Markup {
                     span #stale {}
                     ". JSON: " a href="bg.json" { "bg.json" }
                 }
-                div #live { (live_part(snapshots, jaeger)) }
+                div #live { (live_part(snapshots, durable, jaeger)) }
                 script { (PreEscaped(SCRIPT)) }
             }
         }
     }
 }
 
-fn live_part(snapshots: &[PoolSnapshot], jaeger: &str) -> Markup {
+fn live_part(snapshots: &[PoolSnapshot], durable: &Markup, jaeger: &str) -> Markup {
     html! {
         @if snapshots.is_empty() {
             p { "No pools registered." }
@@ -219,6 +263,7 @@ fn live_part(snapshots: &[PoolSnapshot], jaeger: &str) -> Markup {
         @for pool in snapshots {
             (pool_section(pool, jaeger))
         }
+        (durable)
     }
 }
 
