@@ -32,8 +32,13 @@
 //!
 //! The algorithm is the one `crossbeam_queue::ArrayQueue` implements for
 //! many consumers; with one consumer, a receive needs no compare-and-swap.
-//! `benches/inbox.rs` measures the two side by side (figures in
-//! `BENCHMARKS.md`, "Inbox"). The concurrency is checked by the `loom`
+//! It is kept over `ArrayQueue` because it is measurably faster where the
+//! pool spends its time: `benches/inbox.rs`, 88-byte values, one thread
+//! sending 128 then draining them (a burst of `spawn` calls, then a
+//! runner's absorb), took 1.38-1.61 us against `ArrayQueue`'s 2.11-2.33 us
+//! (three runs, 2026-12-07: 1.4-1.65x faster). With the sender and the
+//! receiver on two threads the two are within this machine's noise (58-138
+//! ns against 46-133 ns a value). The concurrency is checked by the `loom`
 //! models in `src/tests/loom_inbox.rs` (`./scripts/loom`).
 
 use std::mem::MaybeUninit;
