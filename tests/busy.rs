@@ -119,3 +119,22 @@ async fn without_telemetry_busy_time_is_not_measured() {
     assert_eq!(task.busy_ms.max, None);
     assert!(task.run_ms.max.is_some());
 }
+
+/// `Builder::busy_time(false)` turns it off even with telemetry on.
+#[tokio::test]
+async fn busy_time_can_be_turned_off() {
+    let metrics = Metrics::new();
+    let bg = Builder::new("no-busy")
+        .meter(metrics.provider.meter("test"))
+        .busy_time(false)
+        .build()
+        .unwrap();
+    bg.spawn("work", async {});
+    bg.idle().await;
+    assert_eq!(bg.snapshot().task("work").unwrap().busy_ms.max, None);
+    let points = metrics.collect();
+    assert!(points.iter().all(|point| point.metric != "bg.task.busy"));
+    assert!(points
+        .iter()
+        .any(|point| point.metric == "bg.task.duration"));
+}

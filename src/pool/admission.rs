@@ -46,12 +46,14 @@ impl Admission {
 
     /// The word as last seen, for a first claim attempt (a stale value only
     /// costs the compare-and-swap one retry).
+    #[inline]
     pub(super) fn peek(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
 
     /// Whether a word read by [`peek`](Self::peek) or a failed claim admits
     /// one more task; the refusal otherwise.
+    #[inline]
     pub(super) fn check(word: u64, capacity: u64) -> Result<(), Refusal> {
         if word & CLOSED != 0 {
             Err(Refusal::Closed)
@@ -63,6 +65,7 @@ impl Admission {
     }
 
     /// Tasks admitted and not yet running in a word.
+    #[inline]
     pub(super) fn waiting_in(word: u64) -> u64 {
         word & !CLOSED
     }
@@ -72,6 +75,7 @@ impl Admission {
     /// # Errors
     ///
     /// The word as it is now, when it was no longer `seen`.
+    #[inline]
     pub(super) fn try_claim(&self, seen: u64) -> Result<(), u64> {
         self.0
             .compare_exchange_weak(seen, seen + 1, Ordering::SeqCst, Ordering::Relaxed)
@@ -79,11 +83,13 @@ impl Admission {
     }
 
     /// Accepted tasks not yet running.
+    #[inline]
     pub(super) fn admitted(&self) -> u64 {
         Self::waiting_in(self.0.load(Ordering::SeqCst))
     }
 
     /// Whether the pool stopped accepting.
+    #[inline]
     pub(super) fn is_closed(&self) -> bool {
         self.0.load(Ordering::SeqCst) & CLOSED != 0
     }
@@ -119,6 +125,7 @@ impl Admission {
     }
 
     /// A runner took a task (under the lock); the tasks still waiting.
+    #[inline]
     pub(super) fn take_one(&self) -> u64 {
         Self::waiting_in(self.0.fetch_sub(1, Ordering::SeqCst)) - 1
     }

@@ -20,6 +20,7 @@ use crate::telemetry::TaskAttributes;
 
 /// The text of a run's error: the error's `Display`, the panic message, or
 /// the timeout; `None` for a run that succeeded.
+#[inline]
 pub(super) fn error_text(end: &RunEnd, timeout: Option<Duration>) -> Option<String> {
     match end {
         RunEnd::Ok => None,

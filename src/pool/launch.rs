@@ -60,6 +60,7 @@ thread_local! {
 /// A number that differs between live threads: the address of a
 /// thread-local. A thread that exits may pass its number on to a new one,
 /// which only costs that thread one runner start.
+#[inline]
 fn thread_token() -> usize {
     THREAD_TOKEN.with(|token| std::ptr::from_ref(token) as usize)
 }
@@ -92,17 +93,20 @@ impl PendingRunner {
     /// rely on it is noted later, by [`stalled`](Self::stalled): a call
     /// that launches a runner (every call on a quiet pool) does no clock
     /// arithmetic.
+    #[inline]
     fn launched_by(&self, thread: usize) {
         self.owner.store(thread, Ordering::Relaxed);
         self.since.store(0, Ordering::Relaxed);
     }
 
+    #[inline]
     fn is_mine(&self, thread: usize) -> bool {
         self.owner.load(Ordering::Relaxed) == thread
     }
 
     /// Whether the pending runner has been relied on for [`STALL_AFTER`]
     /// at `now`. The first call notes the time and answers no.
+    #[inline]
     fn stalled(&self, now: Instant) -> bool {
         let nanos = now.saturating_duration_since(self.epoch).as_nanos();
         // Never 0, which means "not noted yet".

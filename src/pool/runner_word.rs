@@ -48,21 +48,25 @@ const RUNNERS_MASK: u64 = STANDBY - 1;
 pub(super) const MAX_RUNNERS: u64 = 0xFFFF;
 
 /// Runners counted in a word.
+#[inline]
 pub(super) fn runners(word: u64) -> u64 {
     word & RUNNERS_MASK
 }
 
 /// Lingering runners counted in a word.
+#[inline]
 pub(super) fn lingering(word: u64) -> u64 {
     (word / LINGERING) & 0xFFFF
 }
 
 /// Pending runners counted in a word.
+#[inline]
 pub(super) fn pending(word: u64) -> u64 {
     word / PENDING
 }
 
 /// Whether the word's standby runner is parked.
+#[inline]
 pub(super) fn is_parked(word: u64) -> bool {
     word & PARKED != 0
 }
@@ -70,6 +74,7 @@ pub(super) fn is_parked(word: u64) -> bool {
 /// The word after claiming a runner for waiting tasks, counted pending:
 /// the parked standby if there is one, else a new runner if fewer than
 /// `limit` exist; `None` if neither.
+#[inline]
 pub(super) fn claim_runner(word: u64, limit: u64) -> Option<u64> {
     if is_parked(word) {
         Some((word & !PARKED) + PENDING)
@@ -90,6 +95,7 @@ pub(super) enum Launch {
 
 impl Launch {
     /// What claiming in a word that was `previous` took.
+    #[inline]
     fn from_previous(previous: u64) -> Launch {
         if is_parked(previous) {
             Launch::WakeStandby
@@ -110,10 +116,12 @@ impl RunnerWord {
         RunnerWord(AtomicU64::new(0))
     }
 
+    #[inline]
     pub(super) fn load(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
     }
 
+    #[inline]
     fn update(&self, f: impl FnMut(u64) -> Option<u64>) -> Result<u64, u64> {
         self.0.fetch_update(Ordering::SeqCst, Ordering::SeqCst, f)
     }
@@ -128,6 +136,7 @@ impl RunnerWord {
     /// # Errors
     ///
     /// The word as it was, when nothing was claimed.
+    #[inline]
     pub(super) fn claim_for_spawn(
         &self,
         admitted: u64,
@@ -146,6 +155,7 @@ impl RunnerWord {
 
     /// A runner's claim for `waiting` tasks behind the one it took: only
     /// while fewer runners linger or are pending than tasks wait.
+    #[inline]
     pub(super) fn claim_for_waiting(&self, waiting: u64, limit: u64) -> Option<Launch> {
         self.update(|word| {
             if lingering(word) + pending(word) >= waiting {
@@ -159,6 +169,7 @@ impl RunnerWord {
     }
 
     /// Claims the parked standby or a new runner, whatever else is counted.
+    #[inline]
     pub(super) fn claim(&self, limit: u64) -> Option<Launch> {
         self.update(|word| claim_runner(word, limit))
             .ok()
@@ -166,16 +177,19 @@ impl RunnerWord {
     }
 
     /// A launched runner's first poll: it is no longer pending.
+    #[inline]
     pub(super) fn polled(&self) {
         self.0.fetch_sub(PENDING, Ordering::SeqCst);
     }
 
     /// A runner found the queue empty and yields once before looking again.
+    #[inline]
     pub(super) fn begin_linger(&self) {
         self.0.fetch_add(LINGERING, Ordering::SeqCst);
     }
 
     /// A lingering runner looks again (or is dropped).
+    #[inline]
     pub(super) fn end_linger(&self) {
         self.0.fetch_sub(LINGERING, Ordering::SeqCst);
     }

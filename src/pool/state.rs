@@ -107,6 +107,7 @@ impl State {
 
     /// Counts a run's end: its outcome, wait and run time, and the slowest
     /// list.
+    #[inline]
     pub(super) fn record_finished(&mut self, finished: Finished, now: Instant) {
         let Finished {
             index,
@@ -160,6 +161,7 @@ impl State {
     /// Moves what arrived in the inbox into the queue, counting each task
     /// `spawned` and `queued` under its name. Every reader of the counters
     /// calls this first.
+    #[inline]
     pub(super) fn absorb(&mut self, pool: &Arc<str>, now: Instant) {
         let mut absorbed = false;
         while let Some(mut envelope) = self.inbox.recv() {
@@ -257,6 +259,7 @@ impl Drop for Pool {
 }
 
 impl Pool {
+    #[inline]
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         // No user code runs under the lock, so a panic never happens while
         // it is held; if one did, the counters are still whole integers:
@@ -297,6 +300,7 @@ impl Pool {
     }
 
     /// The most runners the runner word may count.
+    #[inline]
     pub(super) fn runner_limit(&self) -> u64 {
         self.parallelism as u64
     }

@@ -21,7 +21,9 @@ pub(crate) struct Telemetry {
     busy: Histogram<f64>,
     /// Whether the pool was given a meter: busy time is then measured even
     /// for runs whose spans no subscriber records.
-    pub(super) explicit_meter: bool,
+    explicit_meter: bool,
+    /// `Builder::busy_time`.
+    busy_time: bool,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -50,6 +52,7 @@ impl Telemetry {
         tracer: BoxedTracer,
         meter: &Meter,
         explicit_meter: bool,
+        busy_time: bool,
     ) -> Self {
         Telemetry {
             propagation,
@@ -59,14 +62,16 @@ impl Telemetry {
             duration: histogram(meter, "bg.task.duration"),
             busy: histogram(meter, "bg.task.busy"),
             explicit_meter,
+            busy_time,
         }
     }
 
     /// Whether to measure a run's busy time: when telemetry is on for it,
     /// that is when a subscriber records its spans (`spans_recorded`) or
     /// the pool was given a meter. Off, a run pays no clock reads for it.
+    #[inline]
     pub(crate) fn measures_busy(&self, spans_recorded: bool) -> bool {
-        spans_recorded || self.explicit_meter
+        self.busy_time && (spans_recorded || self.explicit_meter)
     }
 
     pub(crate) fn record_busy(&self, attrs: &TaskAttributes, busy: Duration) {

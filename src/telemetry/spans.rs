@@ -55,6 +55,7 @@ pub(crate) struct Scoped {
 
 impl Scoped {
     /// The time spent inside the task's `poll`, if measured.
+    #[inline]
     pub(crate) fn busy(&self) -> Option<Duration> {
         self.busy
     }
@@ -128,6 +129,7 @@ impl TaskSpans {
     }
 
     /// Whether the task's spans are recorded (a subscriber enabled them).
+    #[inline]
     pub(crate) fn recorded(&self) -> bool {
         self.task.is_some()
     }
