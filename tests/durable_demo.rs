@@ -10,7 +10,6 @@ mod common;
 #[path = "common/postgres.rs"]
 mod pg;
 #[path = "../examples/support/signature.rs"]
-#[allow(dead_code)]
 mod signature;
 
 use std::time::{Duration, Instant};
