@@ -288,6 +288,38 @@ def dashboard():
         )],
         12, y, unit="percentunit",
     ))
+    y += 8
+    panels.append(row("Durable jobs (Postgres): retried, discarded, waiting?", y))
+    y += 1
+    # A durable queue has no capacity series (the table is its queue);
+    # `unless` keeps the in-memory pools out. Every worker of a queue reads
+    # the same table, so instances are combined with max, not sum.
+    durable_only = f"unless on (job, bg_pool_name) bg_queue_capacity{{{SEL}}}"
+    panels.append(timeseries(
+        "Retries per second by task",
+        "Failed attempts of durable jobs that will run again after a backoff (bg.task.retried), per task name.",
+        [target(f"sum by (bg_task_name) (rate(bg_task_retried_total{{{SEL_TASK}}}[{RATE}]))", "{{bg_task_name}}", "A")],
+        0, y, unit="reqps",
+    ))
+    panels.append(timeseries(
+        "Discarded per second by task",
+        "Durable jobs given up on (bg.task.discarded): attempts exhausted, or arguments that do not decode. /debug/bg lists them with their error history.",
+        [target(f"sum by (bg_task_name) (rate(bg_task_discarded_total{{{SEL_TASK}}}[{RATE}]))", "{{bg_task_name}}", "A")],
+        12, y, unit="reqps",
+    ))
+    y += 8
+    panels.append(timeseries(
+        "Durable queue depth by task",
+        "Due jobs waiting for a worker in the jobs table, per queue and task name (the table's count, the same on every worker, so the max over instances). A task name no worker handles stays here.",
+        [target(f"max by (bg_pool_name, bg_task_name) (bg_queue_depth{{{SEL_TASK}}} {durable_only})", "{{bg_pool_name}} {{bg_task_name}}", "A")],
+        0, y, stack=True,
+    ))
+    panels.append(timeseries(
+        "Oldest due durable job",
+        "Age of the oldest due job per durable queue, on the database's clock (max over instances).",
+        [target(f"max by (bg_pool_name) (bg_queue_oldest_age_seconds{{{SEL}}} {durable_only})", "{{bg_pool_name}}", "A")],
+        12, y, unit="s",
+    ))
     return {
         "uid": "bg-queue",
         "title": "bg-queue: background tasks",

@@ -1,5 +1,8 @@
 //! A worker-only process for durable jobs: serves the `default` queue of
-//! the jobs table until SIGTERM or ctrl-c, then shuts down gracefully.
+//! the jobs table until SIGTERM or ctrl-c, then shuts down gracefully
+//! (unfinished jobs go back to `available` at once). The same handlers as
+//! the webhook demo's durable mode (`support/durable.rs`), which also has
+//! a worker-only mode with its telemetry: `DEMO_WORKER_ONLY=1`.
 //!
 //! Run with
 //!
@@ -13,31 +16,11 @@
 //! (default 30), `BG_PARALLELISM` (default 8), `BG_SHUTDOWN_GRACE_SECS`
 //! (default 10), `DEMO_EMAIL_DELAY_MS` (default 50).
 
+#[path = "support/durable.rs"]
+mod durable;
+
 use std::process::ExitCode;
 use std::time::Duration;
-
-use bg_queue::durable::{migrate, Job, JobContext, Schema, WorkerBuilder};
-use serde::{Deserialize, Serialize};
-
-/// The demo's two jobs, as its webhook enqueues them.
-#[derive(Serialize, Deserialize)]
-struct SendReceiptEmail {
-    to: String,
-    amount_total: i64,
-}
-
-impl Job for SendReceiptEmail {
-    const NAME: &'static str = "send_receipt_email";
-}
-
-#[derive(Serialize, Deserialize)]
-struct SubscribeMailingList {
-    email: String,
-}
-
-impl Job for SubscribeMailingList {
-    const NAME: &'static str = "subscribe_mailing_list";
-}
 
 fn env_number(key: &str, default: u64) -> Result<u64, String> {
     match std::env::var(key) {
@@ -54,63 +37,36 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let settings = (|| {
-        let url =
-            std::env::var("DATABASE_URL").map_err(|_| "DATABASE_URL is not set".to_string())?;
+        let settings =
+            durable::Settings::from_env()?.ok_or_else(|| "DATABASE_URL is not set".to_string())?;
         Ok::<_, String>((
-            url,
-            env_number("BG_JOB_LEASE_SECS", 30)?,
-            env_number("BG_PARALLELISM", 8)?,
+            settings,
             env_number("BG_SHUTDOWN_GRACE_SECS", 10)?,
             env_number("DEMO_EMAIL_DELAY_MS", 50)?,
         ))
     })();
-    let (url, lease, parallelism, grace, delay_ms) = match settings {
+    let (settings, grace, delay_ms) = match settings {
         Ok(settings) => settings,
         Err(message) => {
             eprintln!("error: {message}");
             return ExitCode::from(2);
         }
     };
-    // A short acquire timeout: while the database is down, each loop of
-    // the worker fails fast and backs off instead of waiting 30 s.
-    let pool = match sqlx::postgres::PgPoolOptions::new()
-        .max_connections(parallelism as u32 + 4)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(&url)
-        .await
-    {
+    let pool = match durable::connect(&settings).await {
         Ok(pool) => pool,
-        Err(error) => {
-            eprintln!("error: cannot connect to the database: {error}");
+        Err(message) => {
+            eprintln!("error: {message}");
             return ExitCode::from(1);
         }
     };
-    if let Err(error) = migrate(&pool, &Schema::default()).await {
-        eprintln!("error: migrating the jobs table: {error}");
-        return ExitCode::from(1);
-    }
-    let delay = Duration::from_millis(delay_ms);
-    let worker = WorkerBuilder::new(pool)
-        .parallelism(parallelism as usize)
-        .lease(Duration::from_secs(lease))
-        .register(move |job: SendReceiptEmail, cx: JobContext| async move {
-            // Stands in for the SMTP call.
-            tokio::time::sleep(delay).await;
-            tracing::info!(to = %job.to, amount = job.amount_total, attempt = cx.attempt, "receipt sent");
-            Ok::<(), String>(())
-        })
-        .and_then(|builder| {
-            builder.register(move |job: SubscribeMailingList, _cx: JobContext| async move {
-                tokio::time::sleep(delay).await;
-                tracing::info!(email = %job.email, "subscribed");
-                Ok::<(), String>(())
-            })
-        })
-        .and_then(|builder| builder.start());
-    let worker = match worker {
+    let work = durable::Work {
+        delay: Duration::from_millis(delay_ms),
+        failure_rate: 0.0,
+    };
+    let worker = match durable::start_worker(pool, &settings, work) {
         Ok(worker) => worker,
-        Err(error) => {
-            eprintln!("error: {error}");
+        Err(message) => {
+            eprintln!("error: {message}");
             return ExitCode::from(2);
         }
     };

@@ -15,9 +15,26 @@
 //! `DEMO_FAILURE_RATE`, `JAEGER_UI_URL`, and the standard `OTEL_*` variables.
 //! It runs with no collector at all: export errors are logged at most every
 //! 5 s per signal. docs/security.md says what each listener exposes.
+//!
+//! Durable mode (feature `postgres`): with `DATABASE_URL` set, each event is
+//! recorded in `stripe_events` and its two jobs enqueued in `bg_jobs` in one
+//! transaction, unique per event id; the answer is 200 after the commit, 503
+//! with `Retry-After` while the database is unavailable, and a redelivered
+//! event answers 200 and enqueues nothing. A worker in the same process runs
+//! the jobs (`BG_JOB_LEASE_SECS`, default 30; `BG_PARALLELISM`);
+//! `DEMO_WORKER_ONLY=1` runs the worker alone, without listeners.
+//!
+//! ```sh
+//! ./scripts/pg start /tmp/pg   # prints a DATABASE_URL
+//! DATABASE_URL=postgres://postgres@127.0.0.1:PORT/postgres \
+//!   cargo run --features postgres --example webhook
+//! ```
 
 #[path = "support/demo.rs"]
 mod demo;
+#[cfg(feature = "postgres")]
+#[path = "support/durable.rs"]
+mod durable;
 #[path = "support/server.rs"]
 mod server;
 #[path = "support/signature.rs"]
@@ -70,6 +87,23 @@ async fn run(config: Config) -> ExitCode {
         tracing::warn!("STRIPE_WEBHOOK_SECRET is not set: webhook signatures are NOT verified (local use only)");
     }
     let state = AppState::new(bg.clone(), &config);
+    let (state, worker) = match durable_mode(state, &config).await {
+        Ok(durable) => durable,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(1);
+        }
+    };
+    if std::env::var("DEMO_WORKER_ONLY").as_deref() == Ok("1") {
+        let Some(worker) = worker else {
+            eprintln!("error: DEMO_WORKER_ONLY=1 needs DATABASE_URL (the durable mode)");
+            return ExitCode::from(2);
+        };
+        tracing::info!("bg-queue demo: durable worker only, no listeners");
+        shutdown_signal().await;
+        finish(bg, Some(worker), telemetry, &config).await;
+        return ExitCode::SUCCESS;
+    }
     let Some(public) = bind("LISTEN_ADDR", config.listen).await else {
         return ExitCode::from(1);
     };
@@ -101,14 +135,153 @@ async fn run(config: Config) -> ExitCode {
             let _ = stop_tx.send(true);
         },
     );
-    // Then drain the pool within the grace period (the report logs itself)
-    // and flush telemetry, so the last spans and the final counts leave.
+    finish(bg, worker, telemetry, &config).await;
+    ExitCode::SUCCESS
+}
+
+/// The durable worker, when there is one.
+#[cfg(feature = "postgres")]
+type Worker = bg_queue::durable::WorkerHandle;
+#[cfg(not(feature = "postgres"))]
+type Worker = std::convert::Infallible;
+
+/// After the listeners stopped: the durable worker returns its unfinished
+/// jobs to `available` (another process or the next start runs them), the
+/// in-memory pool drains within the grace period (the report logs itself),
+/// then telemetry flushes, so the last spans and the final counts leave.
+async fn finish(
+    bg: bg_queue::BackgroundTx,
+    worker: Option<Worker>,
+    telemetry: telemetry::Telemetry,
+    config: &Config,
+) {
+    #[cfg(feature = "postgres")]
+    if let Some(worker) = worker {
+        let report = worker.shutdown(config.shutdown_grace).await;
+        tracing::info!(?report, "durable worker stopped");
+    }
+    #[cfg(not(feature = "postgres"))]
+    let _ = worker;
     let report = bg.shutdown(config.shutdown_grace).await;
     println!("{report}");
     if let Err(error) = telemetry.shutdown().await {
         eprintln!("telemetry shutdown: {error}");
     }
-    ExitCode::SUCCESS
+}
+
+/// With `DATABASE_URL`: connects, migrates, starts the worker and routes
+/// webhooks to the durable store. Without it, `state` unchanged.
+#[cfg(feature = "postgres")]
+async fn durable_mode(
+    state: AppState,
+    config: &Config,
+) -> Result<(AppState, Option<Worker>), String> {
+    let Some(settings) = durable::Settings::from_env()? else {
+        return Ok((state, None));
+    };
+    let pool = durable::connect(&settings).await?;
+    let work = durable::Work {
+        delay: config.email_delay,
+        failure_rate: config.failure_rate,
+    };
+    let worker = durable::start_worker(pool.clone(), &settings, work)?;
+    tracing::info!(
+        worker = worker.id(),
+        parallelism = settings.parallelism,
+        lease_secs = settings.lease.as_secs(),
+        "durable mode: events in stripe_events, jobs in bg_jobs"
+    );
+    let store = Store {
+        pool,
+        client: bg_queue::durable::Client::new(bg_queue::durable::Schema::default()),
+    };
+    Ok((state.with_durable(std::sync::Arc::new(store)), Some(worker)))
+}
+
+/// Without the `postgres` feature there is no durable mode: refuse
+/// `DATABASE_URL` rather than silently run in memory.
+#[cfg(not(feature = "postgres"))]
+async fn durable_mode(
+    state: AppState,
+    _config: &Config,
+) -> Result<(AppState, Option<Worker>), String> {
+    if std::env::var("DATABASE_URL").is_ok_and(|url| !url.is_empty()) {
+        return Err("DATABASE_URL is set but this build has no durable mode: \
+                    cargo run --features postgres --example webhook"
+            .to_owned());
+    }
+    Ok((state, None))
+}
+
+/// Records events in `stripe_events` and enqueues their jobs, in one
+/// transaction.
+#[cfg(feature = "postgres")]
+#[derive(Debug)]
+struct Store {
+    pool: sqlx::PgPool,
+    client: bg_queue::durable::Client,
+}
+
+#[cfg(feature = "postgres")]
+impl Store {
+    async fn record_event(&self, event: demo::CheckoutEvent) -> Result<demo::Recorded, String> {
+        use bg_queue::durable::{EnqueueBatch, EnqueueOptions};
+        let mut tx = self.pool.begin().await.map_err(|e| e.to_string())?;
+        // The primary key decides: a redelivery (even a concurrent one,
+        // which waits for the first to commit) inserts nothing.
+        let inserted = sqlx::query(
+            "INSERT INTO stripe_events (id, type, payload) VALUES ($1, $2, $3) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&event.event_id)
+        .bind(&event.event_type)
+        .bind(&event.payload)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| e.to_string())?
+        .rows_affected();
+        if inserted == 0 {
+            return Ok(demo::Recorded::Duplicate);
+        }
+        let unique =
+            |task: &str| EnqueueOptions::new().unique_key(format!("{}:{task}", event.event_id));
+        let mut batch = EnqueueBatch::new();
+        let receipt = durable::SendReceiptEmail {
+            to: event.email.clone(),
+            session: event.session.clone(),
+            amount_total: event.amount_total,
+            currency: event.currency.clone(),
+        };
+        let subscribe = durable::SubscribeMailingList { email: event.email };
+        batch
+            .push(&receipt, unique("send_receipt_email"))
+            .and_then(|batch| batch.push(&subscribe, unique("subscribe_mailing_list")))
+            .map_err(|e| e.to_string())?;
+        self.client
+            .enqueue_batch(&mut *tx, batch)
+            .await
+            .map_err(|e| e.to_string())?;
+        tx.commit().await.map_err(|e| e.to_string())?;
+        Ok(demo::Recorded::New {
+            enqueued: vec!["send_receipt_email", "subscribe_mailing_list"],
+        })
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl demo::DurableSink for Store {
+    fn record(
+        &self,
+        event: demo::CheckoutEvent,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<demo::Recorded, String>> + Send + '_>,
+    > {
+        Box::pin(self.record_event(event))
+    }
+
+    fn show_on(&self, page: bg_queue::DebugPage) -> bg_queue::DebugPage {
+        page.durable(self.pool.clone(), bg_queue::durable::Schema::default())
+    }
 }
 
 /// Binds `address`, or says in one line why not.

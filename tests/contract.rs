@@ -2,7 +2,9 @@
 //! label a dashboard or alert queries is one the crate emits (after the
 //! Prometheus translation), the translation used here is the one Prometheus'
 //! own library gives, and the README (and DESIGN.md, where present) list
-//! exactly the metrics in `METRICS`.
+//! exactly the metrics in `METRICS`. The durable worker's extra series
+//! ([`DURABLE_ONLY`]) are accepted too; built with `--features postgres`,
+//! that list is checked against `bg_queue::durable::DURABLE_METRICS`.
 
 mod common;
 
@@ -38,9 +40,19 @@ fn metric_name(def: &MetricDefinition) -> String {
     }
 }
 
+/// Metrics only the durable worker (feature `postgres`) emits, beyond
+/// `METRICS`: counters (`{task}`) with the pool and task labels, like
+/// `bg.task.spawned`. `durable_only_is_what_durable_metrics_adds` holds
+/// this list to `DURABLE_METRICS` in the `postgres` build.
+const DURABLE_ONLY: [&str; 2] = ["bg.task.retried", "bg.task.discarded"];
+
 /// Prometheus series names for each metric, with the labels they carry.
 fn translated() -> BTreeMap<String, BTreeSet<String>> {
     let mut out = BTreeMap::new();
+    for name in DURABLE_ONLY {
+        let labels = ["bg_pool_name", "bg_task_name"].map(String::from).into();
+        out.insert(format!("{}_total", name.replace('.', "_")), labels);
+    }
     for def in METRICS {
         let name = metric_name(&def);
         let labels: BTreeSet<String> = def.attributes.iter().map(|a| label(a)).collect();
@@ -246,15 +258,39 @@ fn dashboards_and_alerts_query_only_what_the_crate_emits() {
     check_file("dashboards/alerts.yaml", &mut alert_metrics);
     check_file("dashboards/alerts.test.yaml", &mut BTreeSet::new());
     // The dashboard shows every metric family the crate exports.
-    for def in METRICS {
-        let prefix = def.name.replace('.', "_");
+    for name in METRICS.iter().map(|def| def.name).chain(DURABLE_ONLY) {
+        let prefix = name.replace('.', "_");
         assert!(
             dashboard_metrics.iter().any(|m| m.starts_with(&prefix)),
-            "the dashboard never shows {}",
-            def.name
+            "the dashboard never shows {name}",
         );
     }
+    assert!(
+        alert_metrics.contains("bg_task_discarded_total"),
+        "no alert on discarded durable jobs: {alert_metrics:?}"
+    );
     assert!(alert_metrics.len() >= 4, "{alert_metrics:?}");
+}
+
+/// The durable worker's metrics are `METRICS` (same unit, so the same
+/// Prometheus name) plus exactly [`DURABLE_ONLY`], counted in `{task}`.
+#[cfg(feature = "postgres")]
+#[test]
+fn durable_only_is_what_durable_metrics_adds() {
+    use bg_queue::durable::{names, DURABLE_METRICS};
+    let mut extra = Vec::new();
+    for (name, unit, _) in DURABLE_METRICS {
+        match METRICS.iter().find(|def| def.name == name) {
+            Some(def) => assert_eq!(def.unit, unit, "{name}: the durable unit differs"),
+            None => {
+                assert_eq!(unit, "{task}", "{name}: a durable-only metric is a count");
+                extra.push(name);
+            }
+        }
+    }
+    assert_eq!(extra, DURABLE_ONLY);
+    assert!(DURABLE_ONLY.contains(&names::METRIC_RETRIED));
+    assert!(DURABLE_ONLY.contains(&names::METRIC_DISCARDED));
 }
 
 #[test]

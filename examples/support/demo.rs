@@ -225,7 +225,55 @@ pub struct AppState {
     pub webhook_concurrency: usize,
     /// Throttles the WARN line logged for each rejected signature.
     pub rejections: Arc<LogThrottle>,
+    /// Where events go in durable mode (`DATABASE_URL`); `None` runs
+    /// the jobs on the in-memory pool `bg`.
+    pub durable: Option<Arc<dyn DurableSink>>,
+    /// Throttles the WARN line logged for each 503 of the durable store.
+    pub store_errors: Arc<LogThrottle>,
 }
+
+/// A checkout event as the durable store records it.
+#[derive(Debug, Clone)]
+pub struct CheckoutEvent {
+    /// Stripe's event id (`evt_...`): the dedupe key.
+    pub event_id: String,
+    pub event_type: String,
+    pub session: String,
+    pub email: String,
+    pub amount_total: i64,
+    pub currency: String,
+    /// The event as received, for the record.
+    pub payload: serde_json::Value,
+}
+
+/// What recording an event did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recorded {
+    /// Recorded now, with the jobs enqueued in the same transaction.
+    New { enqueued: Vec<&'static str> },
+    /// Recorded before (a redelivery): nothing new enqueued.
+    Duplicate,
+}
+
+/// Durable mode's store: records the event and enqueues its jobs in one
+/// transaction, so either all of it is committed or none of it is.
+pub trait DurableSink: Send + Sync + std::fmt::Debug {
+    /// Records `event`; resolves only after the commit. An `Err` (the
+    /// database is unreachable or refused) committed nothing.
+    fn record(
+        &self,
+        event: CheckoutEvent,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Recorded, String>> + Send + '_>>;
+
+    /// Adds the store's queues to the debug page.
+    fn show_on(&self, page: bg_queue::DebugPage) -> bg_queue::DebugPage {
+        page
+    }
+}
+
+/// What a sender is told to wait, in seconds, while the database is
+/// unavailable (`Retry-After`).
+pub const STORE_RETRY_AFTER_SECS: u64 = 5;
 
 impl AppState {
     /// The state for `bg` with the webhook settings of `config`.
@@ -237,7 +285,15 @@ impl AppState {
             webhook_secret: config.webhook_secret.as_deref().map(Arc::from),
             webhook_concurrency: config.webhook_concurrency,
             rejections: Arc::new(LogThrottle::new(REJECTION_LOG_INTERVAL)),
+            durable: None,
+            store_errors: Arc::new(LogThrottle::new(REJECTION_LOG_INTERVAL)),
         }
+    }
+
+    /// The same state, recording events durably in `sink`.
+    pub fn with_durable(mut self, sink: Arc<dyn DurableSink>) -> Self {
+        self.durable = Some(sink);
+        self
     }
 }
 
@@ -275,10 +331,13 @@ pub fn public_router(state: AppState) -> Router {
 /// `/healthz`. The page shows task names and error text: serve it on a
 /// private address, or behind the service's own auth (docs/security.md).
 pub fn debug_router(state: &AppState, jaeger_ui_url: &str) -> Router {
-    let debug = bg_queue::DebugPage::new()
+    let mut page = bg_queue::DebugPage::new()
         .pool(state.bg.clone())
-        .jaeger_ui_url(jaeger_ui_url)
-        .router();
+        .jaeger_ui_url(jaeger_ui_url);
+    if let Some(store) = &state.durable {
+        page = store.show_on(page);
+    }
+    let debug = page.router();
     traced(debug.route("/healthz", get(healthz)))
 }
 
@@ -321,6 +380,21 @@ fn overloaded() -> Response {
     response
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    response
+}
+
+/// 503 with `Retry-After` while the durable store cannot commit: nothing
+/// was recorded, and the sender's redelivery will be.
+fn store_unavailable() -> Response {
+    let mut response = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "database_unavailable",
+        format!("the event could not be recorded; retry in {STORE_RETRY_AFTER_SECS} s"),
+    );
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(STORE_RETRY_AFTER_SECS),
+    );
     response
 }
 
@@ -462,8 +536,10 @@ async fn stripe_webhook(
             )
         }
     };
-    // From here on nothing awaits: the request timeout (which drops this
-    // future) strikes before anything is enqueued or not at all.
+    // In memory nothing awaits from here on: the request timeout (which
+    // drops this future) strikes before anything is enqueued or not at
+    // all. Durably, a dropped future rolls the transaction back, and a
+    // commit whose answer was lost is deduplicated on the redelivery.
     if let Some(secret) = &state.webhook_secret {
         let header = headers.get(signature::HEADER).map(HeaderValue::as_bytes);
         if let Err(rejected) = signature::verify(header, &body, secret, signature::unix_now()) {
@@ -501,6 +577,38 @@ async fn stripe_webhook(
     };
     if session.amount_total.is_some_and(|a| a < 0) {
         return bad_request("amount_total must not be negative".to_owned());
+    }
+    if let Some(sink) = &state.durable {
+        let event = CheckoutEvent {
+            event_id: event.id,
+            event_type: event.kind,
+            session: session.id,
+            email,
+            amount_total: session.amount_total.unwrap_or(0),
+            currency: session.currency.unwrap_or_else(|| "usd".to_owned()),
+            payload: serde_json::from_slice(&body).unwrap_or_default(),
+        };
+        let id = event.event_id.clone();
+        return match sink.record(event).await {
+            Ok(Recorded::New { enqueued }) => Json(
+                json!({ "received": true, "event": id, "enqueued": enqueued, "duplicate": false }),
+            )
+            .into_response(),
+            Ok(Recorded::Duplicate) => {
+                Json(json!({ "received": true, "event": id, "enqueued": [], "duplicate": true }))
+                    .into_response()
+            }
+            Err(message) => {
+                if let Some(suppressed) = state.store_errors.admit() {
+                    tracing::warn!(
+                        event.id = %id,
+                        suppressed_since_last = suppressed,
+                        "webhook answered 503, the event is not recorded: {message}"
+                    );
+                }
+                store_unavailable()
+            }
+        };
     }
     let receipt = ReceiptEmail {
         to: email.clone(),
