@@ -495,3 +495,79 @@ async fn a_delayed_job_starts_when_due_without_waiting_for_a_poll() {
     assert!(after < Duration::from_millis(2500), "{after:?}");
     let _ = worker.shutdown(Duration::from_secs(1)).await;
 }
+
+/// A `fmt` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A failed attempt is a WARN a plain `fmt` subscriber prints, with the
+/// queue, the task, the outcome, the attempt and the error text, as the
+/// in-memory pool's failures are; repeated failures of one task name are
+/// held back, not logged one line each.
+#[tokio::test]
+async fn a_failed_attempt_is_logged_with_its_error_once_per_interval() {
+    let Some(db) = pg::test_db("worker_failure_events").await else {
+        return;
+    };
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let _subscriber = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
+    let client = Client::new(db.schema.clone());
+    let worker = WorkerBuilder::new(db.pool.clone())
+        .schema(db.schema.clone())
+        .queue("mail")
+        .backoff(fast_backoff())
+        .poll_interval(Duration::from_millis(100))
+        .register(|job: Flaky, cx: JobContext| async move {
+            Err::<(), String>(format!("mailbox {} full on attempt {}", job.n, cx.attempt))
+        })
+        .unwrap()
+        .start()
+        .unwrap();
+    for n in 0..3 {
+        client
+            .enqueue(
+                &db.pool,
+                &Flaky { n },
+                EnqueueOptions::new().queue("mail").max_attempts(1),
+            )
+            .await
+            .unwrap();
+    }
+    db.wait_for(
+        "SELECT count(*) FROM {s}.bg_jobs WHERE state = 'discarded'",
+        3,
+        Duration::from_secs(20),
+    )
+    .await;
+    let _ = worker.shutdown(Duration::from_millis(100)).await;
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let failures: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("durable job flaky failed"))
+        .collect();
+    assert_eq!(failures.len(), 1, "one line per interval: {text}");
+    let line = failures[0];
+    assert!(line.contains(" WARN "), "{line}");
+    assert!(line.contains("bg.pool.name=mail"), "{line}");
+    assert!(line.contains("bg.task.name=\"flaky\""), "{line}");
+    assert!(line.contains("bg.task.outcome=\"failed\""), "{line}");
+    assert!(line.contains("on attempt 1"), "{line}");
+    assert!(line.contains("full on attempt 1"), "{line}");
+}

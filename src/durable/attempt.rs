@@ -210,6 +210,7 @@ pub(crate) async fn run(shared: Arc<Shared>, job: Fetched, permit: OwnedSemaphor
                 _ => &shared.counts.failed,
             }
             .fetch_add(1, Ordering::Relaxed);
+            log_failure(&shared, &job, outcome, &message, run_time);
             record_failure(&shared, &job, outcome.as_str(), error_type, &message, false).await;
         }
         Ran::Undecodable(message) => {
@@ -221,10 +222,71 @@ pub(crate) async fn run(shared: Arc<Shared>, job: Fetched, permit: OwnedSemaphor
                 Some((&message, "decode")),
             );
             shared.counts.failed.fetch_add(1, Ordering::Relaxed);
+            log_failure(&shared, &job, AttemptOutcome::Failed, &message, run_time);
             record_failure(&shared, &job, "failed", "decode", &message, true).await;
         }
     }
     drop(permit);
+}
+
+/// The failure event of an attempt, as the in-memory pool logs one: WARN
+/// (ERROR for a panic) with the queue as `bg.pool.name`, the task, the
+/// outcome, the error text, wait and run time and the enqueuer's trace id;
+/// at most one per task name per interval of the worker's log limiter,
+/// the next one saying how many were held back.
+fn log_failure(
+    shared: &Shared,
+    job: &Fetched,
+    outcome: AttemptOutcome,
+    message: &str,
+    run_time: Duration,
+) {
+    let Some(suppressed) = shared
+        .errors
+        .allow(&format!("failed attempt of {}", job.task_name))
+    else {
+        return;
+    };
+    let error = truncate(message, MAX_ERROR_BYTES);
+    let trace_id = job
+        .traceparent
+        .as_deref()
+        .and_then(|parent| parent.split('-').nth(1))
+        .unwrap_or("");
+    let wait_ms = job.wait.as_secs_f64() * 1000.0;
+    let run_ms = run_time.as_secs_f64() * 1000.0;
+    let task = job.task_name.as_str();
+    let attempt = job.attempt;
+    if outcome == AttemptOutcome::Panicked {
+        tracing::error!(
+            target: "bg_queue",
+            error,
+            bg.pool.name = %shared.config.queue,
+            bg.task.name = task,
+            bg.task.outcome = outcome.as_str(),
+            bg.task.attempt = attempt,
+            wait_ms,
+            run_ms,
+            trace_id,
+            suppressed,
+            "durable job {task} panicked on attempt {attempt}: {error}"
+        );
+    } else {
+        tracing::warn!(
+            target: "bg_queue",
+            error,
+            bg.pool.name = %shared.config.queue,
+            bg.task.name = task,
+            bg.task.outcome = outcome.as_str(),
+            bg.task.attempt = attempt,
+            wait_ms,
+            run_ms,
+            trace_id,
+            suppressed,
+            "durable job {task} {} on attempt {attempt}: {error}",
+            outcome.as_str()
+        );
+    }
 }
 
 /// Appends the attempt's error and moves the row to `retryable` (at
