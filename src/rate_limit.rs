@@ -2,6 +2,7 @@
 //! and a count of those held back, so that a storm of failures is
 //! summarised rather than logged one line each.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -55,6 +56,39 @@ impl RateLimit {
             tally.suppressed += 1;
             None
         }
+    }
+}
+
+/// One [`RateLimit`] of one event per window for each key: for log lines
+/// about many things at once (database operations, task names).
+#[derive(Debug)]
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) struct KeyedRateLimit {
+    window: Duration,
+    by_key: Mutex<HashMap<String, RateLimit>>,
+}
+
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+impl KeyedRateLimit {
+    pub(crate) fn new(window: Duration) -> Self {
+        KeyedRateLimit {
+            window,
+            by_key: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `Some(n)`, with `n` the events of `key` held back since the last
+    /// one let through, when this one may be logged.
+    pub(crate) fn allow(&self, key: &str) -> Option<u64> {
+        let now = Instant::now();
+        let mut by_key = self
+            .by_key
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !by_key.contains_key(key) {
+            by_key.insert(key.to_owned(), RateLimit::new(1, self.window));
+        }
+        by_key.get(key).and_then(|limit| limit.admit(now))
     }
 }
 

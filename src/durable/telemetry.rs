@@ -29,7 +29,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
@@ -431,42 +431,9 @@ fn pool_task(queue: &str, task: &str) -> [KeyValue; 2] {
     ]
 }
 
-/// At most one event per key and interval; reports how many were held
-/// back since the last one let through.
-#[derive(Debug)]
-pub(crate) struct RateLimiter {
-    interval: Duration,
-    state: Mutex<HashMap<String, (Instant, u64)>>,
-}
-
-impl RateLimiter {
-    pub(crate) fn new(interval: Duration) -> Self {
-        RateLimiter {
-            interval,
-            state: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// `Some(suppressed since the last)` when this one may be logged.
-    pub(crate) fn allow(&self, key: &str) -> Option<u64> {
-        let now = Instant::now();
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match state.get_mut(key) {
-            Some((last, suppressed)) if now.duration_since(*last) < self.interval => {
-                *suppressed += 1;
-                None
-            }
-            Some((last, suppressed)) => {
-                *last = now;
-                Some(std::mem::take(suppressed))
-            }
-            None => {
-                state.insert(key.to_string(), (now, 0));
-                Some(0)
-            }
-        }
-    }
-}
+/// At most one event per key and interval, reporting how many were held
+/// back since the last one let through (the crate's log-line limit).
+pub(crate) use crate::rate_limit::KeyedRateLimit as RateLimiter;
 
 /// The last reading of the queue's depth and oldest age, shared between
 /// the worker's stats task (which queries) and the observable instruments'
