@@ -72,6 +72,16 @@ fn throughput(c: &mut Criterion) {
                 drive(&setup, Arc::new(move |task| pool.spawn("noop", task)))
             })
         });
+        if mode == Mode::Metrics {
+            // Busy time's cost, in the same run: the same pool without it.
+            let pool = setup.builder(1024, 8).busy_time(false).build().unwrap();
+            group.bench_function("bg-queue (busy_time off)", |b| {
+                b.iter(|| {
+                    let pool = pool.clone();
+                    drive(&setup, Arc::new(move |task| pool.spawn("noop", task)))
+                })
+            });
+        }
         if matches!(mode, Mode::Full | Mode::FullLean) {
             // The opt-in: `bg.run` through the OpenTelemetry API.
             let pool = setup
