@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::snapshot::{DroppedByReason, PoolSnapshot};
+use crate::snapshot::{accounts_for_every_task, DroppedByReason, PoolSnapshot};
 
 /// What became of every task a pool ever saw, returned by
 /// [`BackgroundTx::shutdown`](crate::BackgroundTx::shutdown).
@@ -75,14 +75,18 @@ impl ShutdownReport {
 
     /// Whether every accepted task is accounted for (it always should be).
     pub fn is_consistent(&self) -> bool {
-        self.spawned
-            == self.completed
-                + self.failed
-                + self.panicked
-                + self.timed_out
-                + self.abandoned
-                + self.queued
-                + self.running
+        accounts_for_every_task(
+            self.spawned,
+            [
+                self.completed,
+                self.failed,
+                self.panicked,
+                self.timed_out,
+                self.abandoned,
+                self.queued,
+                self.running,
+            ],
+        )
     }
 
     /// Logs the report: INFO when everything drained, WARN otherwise.

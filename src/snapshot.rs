@@ -286,18 +286,29 @@ pub struct PoolSnapshot {
     pub depth_history: Vec<u32>,
 }
 
+/// The pool's invariant, in one place: every accepted task is `completed`,
+/// `failed`, `panicked`, `timed_out`, `abandoned`, `queued` or `running`
+/// (`spawned` = the sum of `states`, in that order).
+pub(crate) fn accounts_for_every_task(spawned: u64, states: [u64; 7]) -> bool {
+    spawned == states.iter().sum::<u64>()
+}
+
 impl PoolSnapshot {
     /// Whether `spawned = completed + failed + panicked + timed_out +
     /// abandoned + queued + running` holds (it always should).
     pub fn is_consistent(&self) -> bool {
-        self.spawned
-            == self.completed
-                + self.failed
-                + self.panicked
-                + self.timed_out
-                + self.abandoned
-                + self.queued
-                + self.running
+        accounts_for_every_task(
+            self.spawned,
+            [
+                self.completed,
+                self.failed,
+                self.panicked,
+                self.timed_out,
+                self.abandoned,
+                self.queued,
+                self.running,
+            ],
+        )
     }
 
     /// The per-task figures of `name`, if that name was ever used.
