@@ -87,7 +87,7 @@ def check_compose():
     ports = {name: [str(p).split(":")[-2] for p in s.get("ports", [])] for name, s in services.items()}
     for service, port in [("app", "3000"), ("app", "3001"), ("jaeger", "16686"), ("grafana", "3002"),
                           ("prometheus", "9090")]:
-        check(port in ports[service], f"{service} publishes port {port} (as the README says)")
+        check(port in ports[service], f"{service} publishes port {port} (as docs/stack.md says)")
     # The debug page shows task names and error text: on the host's
     # loopback only, never on every interface.
     debug = [str(p) for p in services["app"].get("ports", []) if str(p).split(":")[-1] == "3001"]

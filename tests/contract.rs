@@ -1,8 +1,8 @@
 //! The metric contract across code, docs and the stack: every metric and
 //! label a dashboard or alert queries is one the crate emits (after the
 //! Prometheus translation), the translation used here is the one Prometheus'
-//! own library gives, and the README (and DESIGN.md, where present) list
-//! exactly the metrics in `METRICS`. The durable worker's extra series
+//! own library gives, and the README, docs/telemetry.md (and DESIGN.md,
+//! where present) list exactly the metrics in `METRICS`. The durable worker's extra series
 //! ([`DURABLE_ONLY`]) are accepted too; built with `--features postgres`,
 //! that list is checked against `bg_queue::durable::DURABLE_METRICS`.
 
@@ -376,6 +376,31 @@ fn assert_table_matches(doc: &str, text: &str) {
 fn the_readme_lists_exactly_the_exported_metrics() {
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
     assert_table_matches("README.md", &readme);
+}
+
+/// docs/telemetry.md has the full table: every metric with its kind, unit
+/// and attributes as `METRICS` has them.
+#[test]
+fn docs_telemetry_md_lists_exactly_the_exported_metrics() {
+    let path = "docs/telemetry.md";
+    let text = std::fs::read_to_string(root().join(path)).unwrap();
+    assert_table_matches(path, &text);
+    for def in METRICS {
+        let row = text
+            .lines()
+            .find(|line| line.starts_with(&format!("| `{}` |", def.name)))
+            .unwrap_or_else(|| panic!("{path}: no row for {}", def.name));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let attributes: Vec<&str> = cells[4]
+            .split(',')
+            .map(|attribute| attribute.trim().trim_matches('`'))
+            .collect();
+        assert_eq!(
+            attributes, def.attributes,
+            "{path}: attributes of {}",
+            def.name
+        );
+    }
 }
 
 /// shared/DESIGN.md sits beside the checkout (the owners' contract). Its

@@ -330,7 +330,7 @@ proptest! {
 }
 
 /// A signature computed outside this code (`openssl dgst -sha256 -hmac`,
-/// as the README's example request does), so `sign` and `verify` are
+/// as docs/demo.md's example request does), so `sign` and `verify` are
 /// checked against Stripe's scheme, not only against each other.
 #[test]
 fn signatures_match_an_independent_hmac_sha256() {

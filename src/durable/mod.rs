@@ -83,7 +83,7 @@
 //! # Telemetry
 //!
 //! The in-memory pool's names, `bg.pool.name` being the queue; see
-//! [`DURABLE_METRICS`] and the `telemetry` notes in the README.
+//! [`DURABLE_METRICS`] and docs/telemetry.md.
 
 mod attempt;
 mod builder;

@@ -1,7 +1,7 @@
 //! The one table of every metric the crate emits: name, kind, unit,
-//! attributes and description. The README's metrics table mirrors it, and
-//! tests fail when the exported metrics, this table, the README or the
-//! dashboards disagree.
+//! attributes and description. docs/telemetry.md's metrics table mirrors
+//! it (the README's has names, kinds and units), and tests fail when the
+//! exported metrics, this table, those docs or the dashboards disagree.
 
 use super::names;
 
@@ -37,8 +37,9 @@ pub struct MetricDefinition {
 const POOL: &[&str] = &[names::POOL_NAME];
 const POOL_TASK: &[&str] = &[names::POOL_NAME, names::TASK_NAME];
 
-/// Every metric the crate exports. The README's metrics table mirrors
-/// it; a test fails when the exported metrics and this table disagree.
+/// Every metric the crate exports. docs/telemetry.md's metrics table
+/// mirrors it; a test fails when the exported metrics and this table
+/// disagree.
 pub const METRICS: [MetricDefinition; 10] = [
     MetricDefinition {
         name: "bg.task.spawned",
