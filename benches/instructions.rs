@@ -37,6 +37,7 @@ const CASES: &[(&str, &str)] = &[
     ("tokio::spawn", "Off"),
     ("seed", "Metrics"),
     ("bg-queue", "Metrics"),
+    ("bg-queue (busy_time off)", "Metrics"),
     ("tokio::spawn", "Metrics"),
     ("seed", "Full"),
     ("bg-queue", "Full"),
@@ -66,6 +67,10 @@ fn child(implementation: &str, mode_name: &str, tasks: usize) {
         }
         "bg-queue" => {
             let pool = setup.pool(1024, 8);
+            Arc::new(move |task| pool.spawn("noop", task))
+        }
+        "bg-queue (busy_time off)" => {
+            let pool = setup.builder(1024, 8).busy_time(false).build().unwrap();
             Arc::new(move |task| pool.spawn("noop", task))
         }
         "bg-queue (RunSpan::OpenTelemetry)" => {

@@ -170,3 +170,43 @@ async fn busy_time_can_be_turned_off() {
         .iter()
         .any(|point| point.metric == "bg.task.duration"));
 }
+
+/// With metrics only (no subscriber), a run's first poll starts at the
+/// run's start reading and its last ends at the run's end reading: a task
+/// that never waits is busy for exactly its run time, at no clock read of
+/// its own, and one that waits is busy for less.
+#[tokio::test]
+async fn with_metrics_only_a_task_that_never_waits_is_busy_for_its_whole_run() {
+    let metrics = Metrics::new();
+    let bg = Builder::new("metrics-only")
+        .meter(metrics.provider.meter("test"))
+        .build()
+        .unwrap();
+    bg.spawn("hash", async {
+        std::hint::black_box((0..10_000u64).sum::<u64>());
+    });
+    bg.spawn("fetch", async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    });
+    bg.idle().await;
+    let points = metrics.collect();
+    let sum = |metric: &str, task: &str| -> f64 {
+        points
+            .iter()
+            .filter(|point| point.metric == metric && point.attr("bg.task.name") == Some(task))
+            .map(|point| point.value)
+            .sum()
+    };
+    let (hash_busy, hash_run) = (sum("bg.task.busy", "hash"), sum("bg.task.duration", "hash"));
+    assert!(hash_run > 0.0);
+    assert_eq!(hash_busy, hash_run);
+    let (fetch_busy, fetch_run) = (
+        sum("bg.task.busy", "fetch"),
+        sum("bg.task.duration", "fetch"),
+    );
+    assert!(fetch_run >= 0.020, "run {fetch_run} s");
+    assert!(
+        fetch_busy < fetch_run / 2.0,
+        "busy {fetch_busy} s, run {fetch_run} s"
+    );
+}

@@ -200,7 +200,7 @@ async fn run_task(pool: &Arc<Pool>, guard: &mut RunnerGuard, taken: Taken) {
         envelope.depth_at_enqueue,
     );
     let measure_busy = pool.telemetry.measures_busy(spans.recorded());
-    let mut future = spans.scope(envelope.future, measure_busy);
+    let mut future = spans.scope(envelope.future, measure_busy, started);
     if let Some(current) = guard.current.as_mut() {
         current.spans = Some(spans);
     }
@@ -213,11 +213,11 @@ async fn run_task(pool: &Arc<Pool>, guard: &mut RunnerGuard, taken: Taken) {
         None => RunEnd::from_result((&mut future).await),
     };
     let ended = Instant::now();
-    let busy = future.busy();
+    let run = ended.saturating_duration_since(started);
+    let busy = future.busy(ended, run);
     // A timed-out task is dropped here, inside its span, before the span
     // ends.
     drop(future);
-    let run = ended.saturating_duration_since(started);
     let current = guard.current.take().expect("set before the run");
     let outcome = end.outcome();
     let trace_id = current.spans.as_ref().and_then(|spans| spans.trace_id());
