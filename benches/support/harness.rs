@@ -8,47 +8,19 @@ use std::time::Duration;
 
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::metrics::data::ResourceMetrics;
-use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
-use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tokio::sync::Notify;
+
+#[path = "discard.rs"]
+mod discard;
+pub use discard::{NoopMetrics, NoopSpans};
 use tracing_subscriber::layer::SubscriberExt as _;
 
 /// Tasks per throughput iteration, and the burst size (below the seed's
 /// capacity of 1024, so no design drops anything).
 pub const TASKS: usize = 100_000;
 pub const CHUNK: usize = 1_000;
-
-/// A metric exporter that discards everything.
-#[derive(Debug)]
-pub struct NoopMetrics;
-
-impl PushMetricExporter for NoopMetrics {
-    async fn export(&self, _metrics: &ResourceMetrics) -> OTelSdkResult {
-        Ok(())
-    }
-    fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
-    }
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        Ok(())
-    }
-    fn temporality(&self) -> Temporality {
-        Temporality::Cumulative
-    }
-}
-
-/// A span exporter that discards everything.
-#[derive(Debug)]
-pub struct NoopSpans;
-
-impl SpanExporter for NoopSpans {
-    async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
-        Ok(())
-    }
-}
 
 /// What is switched on for a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
