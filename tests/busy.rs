@@ -171,12 +171,11 @@ async fn busy_time_can_be_turned_off() {
         .any(|point| point.metric == "bg.task.duration"));
 }
 
-/// With metrics only (no subscriber), a run's first poll starts at the
-/// run's start reading and its last ends at the run's end reading: a task
-/// that never waits is busy for exactly its run time, at no clock read of
-/// its own, and one that waits is busy for less.
+/// With metrics only (no subscriber), busy time is measured too: a task
+/// that never waits is busy for most of its run, never more, and one that
+/// waits on a timer is busy for a small part of it.
 #[tokio::test]
-async fn with_metrics_only_a_task_that_never_waits_is_busy_for_its_whole_run() {
+async fn with_metrics_only_busy_time_excludes_waits_and_never_exceeds_the_run() {
     let metrics = Metrics::new();
     let bg = Builder::new("metrics-only")
         .meter(metrics.provider.meter("test"))
@@ -198,8 +197,11 @@ async fn with_metrics_only_a_task_that_never_waits_is_busy_for_its_whole_run() {
             .sum()
     };
     let (hash_busy, hash_run) = (sum("bg.task.busy", "hash"), sum("bg.task.duration", "hash"));
-    assert!(hash_run > 0.0);
-    assert_eq!(hash_busy, hash_run);
+    assert!(hash_busy > 0.0, "busy {hash_busy} s");
+    assert!(
+        hash_busy <= hash_run,
+        "busy {hash_busy} s, run {hash_run} s"
+    );
     let (fetch_busy, fetch_run) = (
         sum("bg.task.busy", "fetch"),
         sum("bg.task.duration", "fetch"),

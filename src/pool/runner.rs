@@ -200,7 +200,7 @@ async fn run_task(pool: &Arc<Pool>, guard: &mut RunnerGuard, taken: Taken) {
         envelope.depth_at_enqueue,
     );
     let measure_busy = pool.telemetry.measures_busy(spans.recorded());
-    let mut future = spans.scope(envelope.future, measure_busy, started);
+    let mut future = spans.scope(envelope.future, measure_busy);
     if let Some(current) = guard.current.as_mut() {
         current.spans = Some(spans);
     }
@@ -214,7 +214,7 @@ async fn run_task(pool: &Arc<Pool>, guard: &mut RunnerGuard, taken: Taken) {
     };
     let ended = Instant::now();
     let run = ended.saturating_duration_since(started);
-    let busy = future.busy(ended, run);
+    let busy = future.busy(ended);
     // A timed-out task is dropped here, inside its span, before the span
     // ends.
     drop(future);

@@ -45,8 +45,7 @@ pub(crate) struct TaskSpans {
 ///
 /// With busy time on, it also adds up the time spent inside the task's
 /// `poll`: the task's busy time, against its run time, which includes its
-/// waits on I/O and timers. See [`BusyClock`] for which clock reads it
-/// borrows from the runner.
+/// waits on I/O and timers. See [`BusyClock`] for the clock reads.
 pub(crate) struct Scoped {
     run: RunHandle,
     task: CatchPanic<TaskFuture>,
@@ -54,39 +53,28 @@ pub(crate) struct Scoped {
     busy: Option<BusyClock>,
 }
 
-/// Busy time so far, reading the clock only where the runner does not.
+/// Busy time so far: one clock read at the start of every poll, one at
+/// the end of every poll that returns `Pending`. The poll that completes
+/// the task ends at the runner's own end reading, taken right after it
+/// returns ([`Scoped::busy`]), so a task that finishes in one poll costs
+/// one clock read. Busy time never exceeds run time: every poll lies
+/// between the runner's start and end readings.
 ///
-/// The runner reads the clock when a task starts and when it ends, for its
-/// run time. The first poll may start at the runner's start reading
-/// (`first_poll_at`, given when nothing slow runs in between, i.e. no span
-/// is made), and the poll that completes the task ends at the runner's end
-/// reading ([`Scoped::busy`]). So a task that finishes in one poll, most
-/// of them, costs no clock read at all, and its busy time equals its run
-/// time exactly; every poll that returns `Pending` costs one read at its
-/// end, and every poll after the first one more at its start. Busy time
-/// never exceeds run time: both are taken between the same two readings.
+/// Readings are `tokio::time::Instant`s, like the run time's: under a
+/// paused test clock both are the mocked time.
 pub(crate) struct BusyClock {
     /// Sum of the polls that returned `Pending`.
     total: Duration,
-    /// Start of the next poll, if already read.
-    first_poll_at: Option<tokio::time::Instant>,
     /// Start of the poll that returned `Ready`.
     ready_poll_at: Option<tokio::time::Instant>,
-    /// Whether the task's only poll started at the runner's start reading:
-    /// its busy time is then its run time, with no subtraction to make.
-    one_poll_from_start: bool,
 }
 
 impl Scoped {
     /// The time spent inside the task's `poll`, if measured; `ended` is
-    /// the runner's reading right after the task's last poll, `run` the
-    /// run time the runner computed from it.
+    /// the runner's reading right after the task's last poll.
     #[inline]
-    pub(crate) fn busy(&self, ended: tokio::time::Instant, run: Duration) -> Option<Duration> {
+    pub(crate) fn busy(&self, ended: tokio::time::Instant) -> Option<Duration> {
         let busy = self.busy.as_ref()?;
-        if busy.one_poll_from_start {
-            return Some(run);
-        }
         let last = busy
             .ready_poll_at
             .map_or(Duration::ZERO, |at| ended.saturating_duration_since(at));
@@ -131,15 +119,11 @@ impl std::future::Future for Scoped {
         let Some(busy) = this.busy.as_mut() else {
             return std::pin::Pin::new(&mut this.task).poll(cx);
         };
-        let from_start = busy.first_poll_at.take();
-        let started = from_start.unwrap_or_else(tokio::time::Instant::now);
+        let started = tokio::time::Instant::now();
         let poll = std::pin::Pin::new(&mut this.task).poll(cx);
         match poll {
             std::task::Poll::Pending => busy.total += started.elapsed(),
-            std::task::Poll::Ready(_) => {
-                busy.ready_poll_at = Some(started);
-                busy.one_poll_from_start = from_start.is_some();
-            }
+            std::task::Poll::Ready(_) => busy.ready_poll_at = Some(started),
         }
         poll
     }
@@ -159,22 +143,14 @@ impl Drop for Scoped {
 
 impl TaskSpans {
     /// Runs `task` inside `bg.run`, measuring its busy time if
-    /// `measure_busy`. `started` is the runner's reading at the task's
-    /// start: the first poll's start too, unless spans were made since.
-    pub(crate) fn scope(
-        &self,
-        task: CatchPanic<TaskFuture>,
-        measure_busy: bool,
-        started: tokio::time::Instant,
-    ) -> Scoped {
+    /// `measure_busy`.
+    pub(crate) fn scope(&self, task: CatchPanic<TaskFuture>, measure_busy: bool) -> Scoped {
         Scoped {
             run: self.run.clone(),
             task,
-            busy: measure_busy.then(|| BusyClock {
+            busy: measure_busy.then_some(BusyClock {
                 total: Duration::ZERO,
-                first_poll_at: (!self.recorded()).then_some(started),
                 ready_poll_at: None,
-                one_poll_from_start: false,
             }),
         }
     }
