@@ -378,8 +378,8 @@ fn the_readme_lists_exactly_the_exported_metrics() {
     assert_table_matches("README.md", &readme);
 }
 
-/// docs/telemetry.md has the full table: every metric with its kind, unit
-/// and attributes as `METRICS` has them.
+/// docs/telemetry.md has the full table: every metric with its kind, unit,
+/// attributes and description as `METRICS` has them.
 #[test]
 fn docs_telemetry_md_lists_exactly_the_exported_metrics() {
     let path = "docs/telemetry.md";
@@ -398,6 +398,11 @@ fn docs_telemetry_md_lists_exactly_the_exported_metrics() {
         assert_eq!(
             attributes, def.attributes,
             "{path}: attributes of {}",
+            def.name
+        );
+        assert_eq!(
+            cells[5], def.description,
+            "{path}: description of {}",
             def.name
         );
     }
