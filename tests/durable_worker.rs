@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bg_queue::durable::{Backoff, Client, EnqueueOptions, Job, JobContext, WorkerBuilder};
+use bg_queue::durable::{
+    Backoff, Client, EnqueueBatch, EnqueueOptions, Job, JobContext, WorkerBuilder,
+};
 use serde::{Deserialize, Serialize};
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::mpsc;
@@ -94,6 +96,58 @@ async fn a_worker_runs_every_job_once_with_at_most_parallelism_at_once() {
     assert!(report.drained && report.completions_flushed);
     assert_eq!(report.stats.completed, 200);
     assert_eq!(report.returned, 0);
+}
+
+/// While jobs are backed up the fetch loop waits for every slot to be free
+/// before fetching; a job that holds its slot must not stall the rest, so
+/// that wait is bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_holding_its_slot_does_not_stall_a_backlog() {
+    let Some(db) = pg::test_db("worker_backlog").await else {
+        return;
+    };
+    let client = Client::new(db.schema.clone());
+    // Job 0 first (fetched first), then 100 quick ones, in one commit.
+    let mut batch = EnqueueBatch::new();
+    for n in 0..=100 {
+        batch.push(&Work { n }, EnqueueOptions::new()).unwrap();
+    }
+    client.enqueue_batch(&db.pool, batch).await.unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let held = Arc::clone(&gate);
+    let worker = WorkerBuilder::new(db.pool.clone())
+        .schema(db.schema.clone())
+        .parallelism(4)
+        .register(move |job: Work, _: JobContext| {
+            let (tx, gate) = (tx.clone(), Arc::clone(&held));
+            async move {
+                if job.n == 0 {
+                    let _ = gate.acquire().await.unwrap();
+                }
+                tx.send(job.n).unwrap();
+                Ok::<(), String>(())
+            }
+        })
+        .unwrap()
+        .start()
+        .unwrap();
+    for _ in 0..100 {
+        let n = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("the 100 quick jobs run within 20 s beside the held one")
+            .unwrap();
+        assert_ne!(n, 0, "job 0 finished before its gate opened");
+    }
+    gate.add_permits(1);
+    let n = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("job 0 runs once its gate opens")
+        .unwrap();
+    assert_eq!(n, 0);
+    let report = worker.shutdown(Duration::from_secs(5)).await;
+    assert!(report.drained && report.completions_flushed);
+    assert_eq!(report.stats.completed, 101);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

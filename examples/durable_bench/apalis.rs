@@ -52,7 +52,10 @@ fn batch_size() -> Result<usize, String> {
 async fn run(url: &str, jobs: usize, parallelism: usize) -> Result<f64, BoxDynError> {
     // A pool of its own, closed at the end: a worker's registration holds a
     // session advisory lock on the connection that made it.
-    let pool = PgPoolOptions::new().max_connections(8).connect(url).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(crate::POOL_SIZE)
+        .connect(url)
+        .await?;
     PostgresStorage::setup(&pool).await?;
     sqlx::query("TRUNCATE apalis.jobs, apalis.workers")
         .execute(&pool)
@@ -93,6 +96,10 @@ async fn run(url: &str, jobs: usize, parallelism: usize) -> Result<f64, BoxDynEr
         _ = progress.all_ran.notified() => {}
         ended = &mut running => {
             return Err(format!("the apalis worker stopped early: {ended:?}").into());
+        }
+        _ = tokio::time::sleep(crate::bg::DEADLINE) => {
+            let ran = progress.ran.load(Ordering::Relaxed);
+            return Err(format!("only {ran} of {jobs} jobs ran in {:?}", crate::bg::DEADLINE).into());
         }
     }
     context.stop()?;

@@ -7,28 +7,34 @@
 //!   cargo run --release --features postgres --example durable_bench
 //! ```
 //!
-//! Prints one summary line per figure (medians over the rounds), each
-//! round's figures on stderr before it:
+//! First, once, `sql_limit`: what Postgres itself does with the worker's
+//! statements and no application in the way (pgbench, `BENCH_CLIENTS`
+//! connections, 1,000,000 rows; skipped when pgbench is not installed).
+//! Then `BENCH_ROUNDS` rounds, each: bg-queue's four figures without
+//! telemetry, the same four with full telemetry (spans and metrics
+//! exported to exporters that discard), then apalis's burn-down:
 //!
-//! - `burn_down`: `BENCH_JOBS` no-op jobs inserted beforehand, then worked
-//!   to completion by one worker of `BENCH_PARALLELISM` handlers; jobs/s
-//!   from the worker's start until the last completion is written. apalis
-//!   gets the same jobs, parallelism and database.
-//! - `burn_down_full_telemetry`: the same with spans and metrics recorded
-//!   and exported (to exporters that discard).
-//! - `enqueue_single`: one job per transaction from `BENCH_CLIENTS`
-//!   connections at once; `enqueue_batch`: batches of 1,000 from one.
-//! - `sql_limit`: first, what Postgres itself does with the worker's own
-//!   statements and no application in the way (pgbench, `BENCH_CLIENTS`
-//!   connections, 1,000,000 rows; skipped when pgbench is not installed).
+//! - `burn_down`: `BENCH_JOBS` no-op jobs inserted beforehand (not timed),
+//!   then worked to completion by one worker of `BENCH_PARALLELISM`
+//!   handlers; jobs/s from the worker's start until the last completion
+//!   is written. apalis gets the same jobs, parallelism, database and
+//!   connection pool size.
+//! - `enqueue_single`: up to 20,000 jobs, one per transaction, from
+//!   `BENCH_CLIENTS` connections at once; `enqueue_batch`: `BENCH_JOBS`
+//!   jobs in batches of 1,000 from one connection.
 //! - `pickup`: enqueue to handler start on an idle worker, one job at a
-//!   time over `BENCH_PICKUP_JOBS`, p50 and p99.
+//!   time, `BENCH_PICKUP_JOBS` per round.
+//!
+//! Prints one line per figure: throughputs are the median over the rounds
+//! (each round's value on stderr), pickup percentiles are over every
+//! round's jobs together.
 //!
 //! Settings (environment): `DATABASE_URL` (required), `BENCH_JOBS`
 //! (100000), `BENCH_PARALLELISM` (100), `BENCH_ROUNDS` (3),
 //! `BENCH_CLIENTS` (4), `BENCH_PICKUP_JOBS` (1000), `BENCH_APALIS` (1; 0
-//! skips apalis), `BENCH_SQL_LIMIT` (1; 0 skips the pgbench figures). BENCHMARKS.md, "Durable jobs", has the figures and how
-//! they compare with what Postgres itself does here.
+//! skips apalis), `BENCH_SQL_LIMIT` (1; 0 skips pgbench), `APALIS_BATCH`
+//! (apalis-postgres's `batch_size`, 5000). BENCHMARKS.md, "Durable jobs",
+//! has the figures and how they compare with what Postgres itself does.
 
 mod apalis;
 mod bg;
@@ -44,6 +50,10 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 use telemetry::Telemetry;
+
+/// Connections in each system's pool (bg-queue's worker also opens one
+/// for `LISTEN`, apalis's `with_pubsub` one too).
+pub const POOL_SIZE: u32 = 16;
 
 struct Settings {
     url: String,
@@ -92,7 +102,12 @@ impl Settings {
 
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+    let middle = values.len() / 2;
+    if values.len() % 2 == 0 {
+        (values[middle - 1] + values[middle]) / 2.0
+    } else {
+        values[middle]
+    }
 }
 
 fn spread(values: &[f64]) -> String {
@@ -113,14 +128,14 @@ async fn fill(pool: &PgPool, telemetry: &Telemetry, jobs: usize) -> Result<(), S
     sqlx::query("VACUUM ANALYZE bench.bg_jobs")
         .execute(pool)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("vacuuming bench.bg_jobs: {e}"))?;
     Ok(())
 }
 
 async fn run(settings: Settings) -> Result<(), String> {
     let telemetry = Telemetry::install();
     let pool = PgPoolOptions::new()
-        .max_connections(16)
+        .max_connections(POOL_SIZE)
         .connect(&settings.url)
         .await
         .map_err(|e| format!("connecting to DATABASE_URL: {e}"))?;

@@ -4,7 +4,9 @@
 //!
 //! The `tracing` layer that turns `bg.run` spans into OpenTelemetry spans
 //! sits behind a reload handle: the same process measures with and
-//! without it.
+//! without it. It takes bg-queue's spans only (as an application's filter
+//! would), not sqlx's per-query events. Warnings and errors, such as a
+//! worker's database errors, go to stderr either way.
 
 use std::time::Duration;
 
@@ -14,13 +16,16 @@ use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider,
 };
+use tracing::level_filters::LevelFilter;
+use tracing_subscriber::filter::{Filtered, Targets};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::{reload, Registry};
+use tracing_subscriber::{reload, Layer as _, Registry};
 
 use crate::discard::{NoopMetrics, NoopSpans};
 
-type OtelLayer = tracing_opentelemetry::OpenTelemetryLayer<Registry, SdkTracer>;
+type OtelLayer =
+    Filtered<tracing_opentelemetry::OpenTelemetryLayer<Registry, SdkTracer>, Targets, Registry>;
 
 /// The process's telemetry: off until [`Telemetry::set`] turns it on.
 pub struct Telemetry {
@@ -54,7 +59,14 @@ impl Telemetry {
             )
             .build();
         let (layer, handle) = reload::Layer::new(None);
-        tracing_subscriber::registry().with(layer).init();
+        tracing_subscriber::registry()
+            .with(layer)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(LevelFilter::WARN),
+            )
+            .init();
         Telemetry {
             tracer_provider,
             meter_provider,
@@ -65,7 +77,9 @@ impl Telemetry {
     /// Turns the span layer on or off for what runs next.
     pub fn set(&self, on: bool) {
         let layer = on.then(|| {
-            tracing_opentelemetry::layer().with_tracer(self.tracer_provider.tracer("bg-queue"))
+            tracing_opentelemetry::layer()
+                .with_tracer(self.tracer_provider.tracer("bg-queue"))
+                .with_filter(Targets::new().with_target("bg_queue", LevelFilter::INFO))
         });
         self.layer
             .reload(layer)

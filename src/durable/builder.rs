@@ -102,6 +102,11 @@ impl WorkerBuilder {
     }
 
     /// Most jobs running at once in this process. Defaults to 8.
+    ///
+    /// It also caps each fetch (a worker takes at most its free slots), so
+    /// for short jobs it is the throughput lever: on 2 cores, no-op jobs
+    /// burn down at about 9,000 jobs/s with 8 and 40,000 with 100
+    /// (docs/durable.md, "Throughput and tuning").
     pub fn parallelism(mut self, parallelism: usize) -> Self {
         self.config.parallelism = parallelism;
         self

@@ -10,8 +10,8 @@ use tokio::sync::Semaphore;
 use super::attempt::{self, Fetched};
 use super::worker::{Held, ReconnectBackoff, Shared};
 
-/// Longest wait for more free slots before fetching into few of them
-/// while jobs are backed up (see `fetch_loop`).
+/// How long to wait for more free slots before fetching into few of them
+/// while jobs are backed up (see `fetch_loop`); a timer, so 1-2 ms.
 const FILL_WAIT: Duration = Duration::from_millis(1);
 
 /// Fetches due jobs while slots are free, until shutdown.
@@ -37,10 +37,10 @@ pub(crate) async fn fetch_loop(shared: Arc<Shared>, permits: Arc<Semaphore>) {
             // More jobs are due than slots: a fetch for the few slots free
             // this instant would cost a round trip for a handful of rows.
             // Wait for the rest (jobs fetched together often end
-            // together), at most `FILL_WAIT`: small against any job that
-            // holds a slot for long, and only while jobs wait anyway.
-            // Measured on no-op jobs with 100 slots: 47 rows per fetch
-            // without it, 91 with it, and 33,600 against 41,900 jobs/s.
+            // together), for at most `FILL_WAIT` (1-2 ms: tokio's timer
+            // rounds up to its tick), which is small against any job that
+            // holds a slot for long and happens only while jobs wait anyway.
+            // BENCHMARKS.md, "Durable jobs", has what it changes.
             let deadline = tokio::time::sleep(FILL_WAIT);
             tokio::pin!(deadline);
             while slots.len() < fill {
