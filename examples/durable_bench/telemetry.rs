@@ -8,6 +8,7 @@
 //! would), not sqlx's per-query events. Warnings and errors, such as a
 //! worker's database errors, go to stderr either way.
 
+use std::io::IsTerminal as _;
 use std::time::Duration;
 
 use opentelemetry::metrics::{Meter, MeterProvider as _};
@@ -64,7 +65,13 @@ impl Telemetry {
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
-                    .with_filter(LevelFilter::WARN),
+                    .with_ansi(std::io::stderr().is_terminal())
+                    // sqlx's slow-statement warning would flag every fill.
+                    .with_filter(
+                        Targets::new()
+                            .with_default(LevelFilter::WARN)
+                            .with_target("sqlx::query", LevelFilter::ERROR),
+                    ),
             )
             .init();
         Telemetry {
