@@ -23,7 +23,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
 
     let report = bg.shutdown(std::time::Duration::from_secs(5)).await;
-    println!("{report}"); // every task accounted for; the guard flushes on drop
+    println!("{report}"); // every task accounted for; dropping _guard flushes exports
     Ok(())
 }
 // --- README quick start ends ---
