@@ -617,6 +617,11 @@ async fn a_failed_attempt_is_logged_with_its_error_once_per_interval() {
         .filter(|line| line.contains("durable job flaky failed"))
         .collect();
     assert_eq!(failures.len(), 1, "one line per interval: {text}");
+    let events = text
+        .lines()
+        .filter(|line| line.contains("bg.task.outcome=\"failed\""))
+        .count();
+    assert_eq!(events, 1, "one failure event, not one per layer: {text}");
     let line = failures[0];
     assert!(line.contains(" WARN "), "{line}");
     assert!(line.contains("bg.pool.name=mail"), "{line}");

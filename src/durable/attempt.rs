@@ -257,35 +257,32 @@ fn log_failure(
     let run_ms = run_time.as_secs_f64() * 1000.0;
     let task = job.task_name.as_str();
     let attempt = job.attempt;
-    if outcome == AttemptOutcome::Panicked {
-        tracing::error!(
-            target: "bg_queue",
-            error,
-            bg.pool.name = %shared.config.queue,
-            bg.task.name = task,
-            bg.task.outcome = outcome.as_str(),
-            bg.task.attempt = attempt,
-            wait_ms,
-            run_ms,
-            trace_id,
-            suppressed,
-            "durable job {task} panicked on attempt {attempt}: {error}"
-        );
+    let level_error = outcome == AttemptOutcome::Panicked;
+    let outcome = outcome.as_str();
+    // One event, at the level the outcome calls for (`event!` takes the
+    // level as a constant).
+    macro_rules! event {
+        ($level:expr) => {
+            tracing::event!(
+                target: "bg_queue",
+                $level,
+                error,
+                bg.pool.name = %shared.config.queue,
+                bg.task.name = task,
+                bg.task.outcome = outcome,
+                bg.task.attempt = attempt,
+                wait_ms,
+                run_ms,
+                trace_id,
+                suppressed,
+                "durable job {task} {outcome} on attempt {attempt}: {error}"
+            )
+        };
+    }
+    if level_error {
+        event!(tracing::Level::ERROR);
     } else {
-        tracing::warn!(
-            target: "bg_queue",
-            error,
-            bg.pool.name = %shared.config.queue,
-            bg.task.name = task,
-            bg.task.outcome = outcome.as_str(),
-            bg.task.attempt = attempt,
-            wait_ms,
-            run_ms,
-            trace_id,
-            suppressed,
-            "durable job {task} {} on attempt {attempt}: {error}",
-            outcome.as_str()
-        );
+        event!(tracing::Level::WARN);
     }
 }
 

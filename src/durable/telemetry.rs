@@ -314,7 +314,9 @@ impl WorkerTelemetry {
         }
     }
 
-    /// Ends the spans, records the duration and, for a failure, the event.
+    /// Ends the spans and records the duration. A failure's log event is
+    /// the attempt's own (`attempt.rs`), which has the enqueuer's trace id
+    /// even with no tracer installed.
     pub(crate) fn finish(
         &self,
         spans: AttemptSpans,
@@ -340,53 +342,12 @@ impl WorkerTelemetry {
             run.set_status(Status::error(message.to_string()));
             task_span.set_attribute(KeyValue::new(ERROR_TYPE, error_type.to_string()));
             task_span.set_status(Status::error(message.to_string()));
-            self.failure_event(info, outcome, message, run_time, task);
         }
         // Dropping `spans` ends them.
     }
 
-    fn failure_event(
-        &self,
-        info: &AttemptInfo<'_>,
-        outcome: AttemptOutcome,
-        message: &str,
-        run_time: Duration,
-        task: &Context,
-    ) {
-        let Some(suppressed) = self.events.allow(info.task) else {
-            return;
-        };
-        let trace_id = task.span().span_context().trace_id().to_string();
-        let run_ms = run_time.as_secs_f64() * 1000.0;
-        let wait_ms = info.wait.as_secs_f64() * 1000.0;
-        macro_rules! event {
-            ($level:expr) => {
-                tracing::event!(
-                    target: "bg_queue",
-                    $level,
-                    bg.pool.name = info.queue,
-                    bg.task.name = info.task,
-                    bg.task.outcome = outcome.as_str(),
-                    bg.task.attempt = info.attempt,
-                    error = message,
-                    wait_ms,
-                    run_ms,
-                    trace_id = %trace_id,
-                    suppressed,
-                    "durable job attempt {}",
-                    outcome.as_str()
-                )
-            };
-        }
-        if outcome == AttemptOutcome::Panicked {
-            event!(tracing::Level::ERROR);
-        } else {
-            event!(tracing::Level::WARN);
-        }
-    }
-
     /// A job's lease lapsed (its worker died or lost the database): WARN,
-    /// rate-limited per job name like the failure events.
+    /// at most one per job name every 5 s.
     pub(crate) fn lease_expired(
         &self,
         queue: &str,
