@@ -38,6 +38,8 @@ const CASES: &[(&str, &str)] = &[
     ("seed", "Metrics"),
     ("bg-queue", "Metrics"),
     ("bg-queue (busy_time off)", "Metrics"),
+    ("bg-queue (bound_metrics off)", "Metrics"),
+    ("bg-queue (bound_metrics off, busy_time off)", "Metrics"),
     ("tokio::spawn", "Metrics"),
     ("seed", "Full"),
     ("bg-queue", "Full"),
@@ -71,6 +73,21 @@ fn child(implementation: &str, mode_name: &str, tasks: usize) {
         }
         "bg-queue (busy_time off)" => {
             let pool = setup.builder(1024, 8).busy_time(false).build().unwrap();
+            Arc::new(move |task| pool.spawn("noop", task))
+        }
+        #[cfg(feature = "bound-metrics")]
+        "bg-queue (bound_metrics off)" => {
+            let pool = setup.builder(1024, 8).bound_metrics(false).build().unwrap();
+            Arc::new(move |task| pool.spawn("noop", task))
+        }
+        #[cfg(feature = "bound-metrics")]
+        "bg-queue (bound_metrics off, busy_time off)" => {
+            let pool = setup
+                .builder(1024, 8)
+                .bound_metrics(false)
+                .busy_time(false)
+                .build()
+                .unwrap();
             Arc::new(move |task| pool.spawn("noop", task))
         }
         "bg-queue (RunSpan::OpenTelemetry)" => {
@@ -146,6 +163,9 @@ fn main() {
     for &(implementation, mode_name) in CASES {
         let name = format!("{implementation}/{mode_name}");
         if filter.is_some_and(|filter| !name.contains(filter.as_str())) {
+            continue;
+        }
+        if !cfg!(feature = "bound-metrics") && implementation.contains("bound_metrics") {
             continue;
         }
         let empty = count(implementation, mode_name, 0);

@@ -73,14 +73,28 @@ fn throughput(c: &mut Criterion) {
             })
         });
         if mode == Mode::Metrics {
-            // Busy time's cost, in the same run: the same pool without it.
-            let pool = setup.builder(1024, 8).busy_time(false).build().unwrap();
-            group.bench_function("bg-queue (busy_time off)", |b| {
-                b.iter(|| {
-                    let pool = pool.clone();
-                    drive(&setup, Arc::new(move |task| pool.spawn("noop", task)))
-                })
-            });
+            // Busy time's cost, in the same run: the same pool without it;
+            // then both without bound instruments (the default before
+            // bound-metrics was).
+            type Configure = fn(bg_queue::Builder) -> bg_queue::Builder;
+            let variants: &[(&str, Configure)] = &[
+                ("bg-queue (busy_time off)", |b| b.busy_time(false)),
+                #[cfg(feature = "bound-metrics")]
+                ("bg-queue (bound_metrics off)", |b| b.bound_metrics(false)),
+                #[cfg(feature = "bound-metrics")]
+                ("bg-queue (bound_metrics off, busy_time off)", |b| {
+                    b.bound_metrics(false).busy_time(false)
+                }),
+            ];
+            for (name, configure) in variants {
+                let pool = configure(setup.builder(1024, 8)).build().unwrap();
+                group.bench_function(*name, |b| {
+                    b.iter(|| {
+                        let pool = pool.clone();
+                        drive(&setup, Arc::new(move |task| pool.spawn("noop", task)))
+                    })
+                });
+            }
         }
         if matches!(mode, Mode::Full | Mode::FullLean) {
             // The opt-in: `bg.run` through the OpenTelemetry API.

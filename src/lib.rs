@@ -22,13 +22,14 @@
 //! tracer and meter providers (before building pools, or passes them to the
 //! [`Builder`]).
 //!
-//! With the `bound-metrics` feature (off by default) the two histograms are
+//! With the `bound-metrics` feature (on by default) the histograms are
 //! recorded through the OpenTelemetry SDK's experimental bound instruments,
 //! which skip hashing the attribute set on every record: about half the
 //! instructions per task with metrics on. It switches that feature on in the
-//! application's `opentelemetry_sdk` 0.33, and is only for a meter from that
-//! SDK (the API's default `bind`, for any other implementation, drops what is
-//! recorded through it).
+//! application's `opentelemetry_sdk` 0.33. A meter of another implementation
+//! drops what is recorded through bound instruments (the API's default
+//! `bind`), so with such a meter build pools with
+//! [`Builder::bound_metrics(false)`](Builder::bound_metrics).
 //!
 //! # Quick start
 //!

@@ -36,13 +36,19 @@ fn kind_name(kind: InstrumentKind) -> &'static str {
 /// Runs a known workload on pool `jobs` (capacity 3, parallelism 2):
 /// 2 blockers (20 ms each once released), 3 queued emails, 2 emails dropped
 /// (queue full), 1 failed and 1 panicked subscription, 1 drop after shutdown.
-async fn known_workload(metrics: &Metrics) -> (bg_queue::BackgroundTx, Duration) {
-    let bg = Builder::new("jobs")
-        .capacity(3)
-        .parallelism(2)
-        .meter(metrics.provider.meter("test"))
-        .build()
-        .unwrap();
+/// `configure` adjusts the pool's builder.
+async fn known_workload(
+    metrics: &Metrics,
+    configure: fn(Builder) -> Builder,
+) -> (bg_queue::BackgroundTx, Duration) {
+    let bg = configure(
+        Builder::new("jobs")
+            .capacity(3)
+            .parallelism(2)
+            .meter(metrics.provider.meter("test")),
+    )
+    .build()
+    .unwrap();
     let gate = Arc::new(Semaphore::new(0));
     let (started_tx, mut started_rx) = mpsc::unbounded_channel();
     for _ in 0..2 {
@@ -79,30 +85,44 @@ async fn known_workload(metrics: &Metrics) -> (bg_queue::BackgroundTx, Duration)
 #[tokio::test]
 async fn exact_counts_after_a_known_workload() {
     let metrics = Metrics::new();
-    let (_bg, blocker_time) = known_workload(&metrics).await;
-    let points = metrics.collect();
+    let (_bg, blocker_time) = known_workload(&metrics, |builder| builder).await;
+    check_known_workload(&metrics.collect(), blocker_time);
+}
+
+/// The same figures through the SDK's unbound path, which an application
+/// whose meter does not bind chooses at run time.
+#[cfg(feature = "bound-metrics")]
+#[tokio::test]
+async fn exact_counts_without_bound_instruments() {
+    let metrics = Metrics::new();
+    let (_bg, blocker_time) =
+        known_workload(&metrics, |builder| builder.bound_metrics(false)).await;
+    check_known_workload(&metrics.collect(), blocker_time);
+}
+
+fn check_known_workload(points: &[Point], blocker_time: Duration) {
     let task = |name| [("bg.pool.name", "jobs"), ("bg.task.name", name)];
 
-    assert_eq!(one(&points, "bg.task.spawned", &task("blocker")).value, 2.0);
-    assert_eq!(one(&points, "bg.task.spawned", &task("email")).value, 3.0);
+    assert_eq!(one(points, "bg.task.spawned", &task("blocker")).value, 2.0);
+    assert_eq!(one(points, "bg.task.spawned", &task("email")).value, 3.0);
     assert_eq!(
-        one(&points, "bg.task.spawned", &task("subscribe")).value,
+        one(points, "bg.task.spawned", &task("subscribe")).value,
         2.0
     );
 
     let dropped = |reason| {
         let mut f = task("email").to_vec();
         f.push(("bg.drop.reason", reason));
-        one(&points, "bg.task.dropped", &f).value
+        one(points, "bg.task.dropped", &f).value
     };
     assert_eq!(dropped("queue_full"), 2.0);
     assert_eq!(dropped("closed"), 1.0);
-    assert_eq!(find(&points, "bg.task.dropped", &task("blocker")).len(), 0);
+    assert_eq!(find(points, "bg.task.dropped", &task("blocker")).len(), 0);
 
     let duration = |name, outcome| {
         let mut f = task(name).to_vec();
         f.push(("bg.task.outcome", outcome));
-        one(&points, "bg.task.duration", &f).clone()
+        one(points, "bg.task.duration", &f).clone()
     };
     assert_eq!(duration("email", "ok").count, 3);
     assert_eq!(duration("subscribe", "failed").count, 1);
@@ -117,7 +137,7 @@ async fn exact_counts_after_a_known_workload() {
     // A series only for an outcome that happened: no zero-count points
     // (with `bound-metrics` the SDK exports a set from the moment it is
     // bound, so each is bound at its first record, not all at once).
-    let mut series: Vec<(String, String)> = find(&points, "bg.task.duration", &[])
+    let mut series: Vec<(String, String)> = find(points, "bg.task.duration", &[])
         .iter()
         .map(|p| {
             assert!(p.count > 0, "an empty duration series: {p:?}");
@@ -133,25 +153,31 @@ async fn exact_counts_after_a_known_workload() {
         ("subscribe", "panicked"),
     ];
     assert_eq!(series, expected.map(|(n, o)| (n.to_owned(), o.to_owned())));
-    assert!(find(&points, "bg.task.wait", &[])
+    assert!(find(points, "bg.task.wait", &[])
         .iter()
         .all(|p| p.count > 0));
 
     // Every started task recorded its wait once.
-    let waits: u64 = find(&points, "bg.task.wait", &[("bg.pool.name", "jobs")])
+    let waits: u64 = find(points, "bg.task.wait", &[("bg.pool.name", "jobs")])
         .iter()
         .map(|p| p.count)
         .sum();
     assert_eq!(waits, 7);
+    // And its busy time (the pool was given a meter).
+    let busy: u64 = find(points, "bg.task.busy", &[("bg.pool.name", "jobs")])
+        .iter()
+        .map(|p| p.count)
+        .sum();
+    assert_eq!(busy, 7);
 
     for name in ["blocker", "email", "subscribe"] {
-        assert_eq!(one(&points, "bg.queue.depth", &task(name)).value, 0.0);
-        assert_eq!(one(&points, "bg.task.active", &task(name)).value, 0.0);
+        assert_eq!(one(points, "bg.queue.depth", &task(name)).value, 0.0);
+        assert_eq!(one(points, "bg.task.active", &task(name)).value, 0.0);
     }
     let pool = [("bg.pool.name", "jobs")];
-    assert_eq!(one(&points, "bg.queue.capacity", &pool).value, 3.0);
-    assert_eq!(one(&points, "bg.pool.parallelism", &pool).value, 2.0);
-    assert_eq!(one(&points, "bg.queue.oldest_age", &pool).value, 0.0);
+    assert_eq!(one(points, "bg.queue.capacity", &pool).value, 3.0);
+    assert_eq!(one(points, "bg.pool.parallelism", &pool).value, 2.0);
+    assert_eq!(one(points, "bg.queue.oldest_age", &pool).value, 0.0);
 }
 
 /// With no tracing subscriber, calls refused for a full queue in the same
@@ -223,7 +249,7 @@ async fn a_flood_of_drops_from_four_threads_is_counted_exactly() {
 #[tokio::test]
 async fn exported_metrics_match_the_table_exactly() {
     let metrics = Metrics::new();
-    let (_bg, _) = known_workload(&metrics).await;
+    let (_bg, _) = known_workload(&metrics, |builder| builder).await;
     let points = metrics.collect();
 
     let mut exported: Vec<&str> = points.iter().map(|p| p.metric.as_str()).collect();
@@ -283,4 +309,70 @@ async fn depth_active_and_oldest_age_while_the_queue_is_blocked() {
     let waits = one(&after, "bg.task.wait", &task("queued"));
     assert_eq!(waits.count, 3);
     assert!(waits.value >= 3.0 * 7.0, "{}", waits.value);
+}
+
+/// A meter of another implementation than the SDK's, which does not bind:
+/// counts the histogram records it is given, by instrument name.
+#[cfg(feature = "bound-metrics")]
+mod unbinding {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry::metrics::{
+        Histogram, HistogramBuilder, InstrumentProvider, Meter, SyncInstrument,
+    };
+    use opentelemetry::KeyValue;
+
+    pub type Counts = Arc<Mutex<HashMap<String, u64>>>;
+
+    struct Provider(Counts);
+    struct Recorder(Counts, String);
+
+    impl InstrumentProvider for Provider {
+        fn f64_histogram(&self, builder: HistogramBuilder<'_, Histogram<f64>>) -> Histogram<f64> {
+            Histogram::new(Arc::new(Recorder(self.0.clone(), builder.name.to_string())))
+        }
+    }
+
+    // No `bind`: the API's default, which drops what is recorded through
+    // the handle it returns.
+    impl SyncInstrument<f64> for Recorder {
+        fn measure(&self, _value: f64, _attributes: &[KeyValue]) {
+            *self.0.lock().unwrap().entry(self.1.clone()).or_default() += 1;
+        }
+    }
+
+    pub fn meter() -> (Meter, Counts) {
+        let counts = Counts::default();
+        (Meter::new(Arc::new(Provider(counts.clone()))), counts)
+    }
+}
+
+/// `bound_metrics(false)` is how an application whose meter does not bind
+/// keeps every record: with it, each of three runs reaches all three
+/// histograms; with the default, that meter gets none of them.
+#[cfg(feature = "bound-metrics")]
+#[tokio::test]
+async fn a_meter_that_does_not_bind_gets_every_record_with_bound_metrics_off() {
+    for bound in [false, true] {
+        let (meter, counts) = unbinding::meter();
+        let bg = Builder::new("unbinding")
+            .meter(meter)
+            .bound_metrics(bound)
+            .build()
+            .unwrap();
+        for _ in 0..3 {
+            bg.spawn("email", async {});
+        }
+        bg.idle().await;
+        let counts = counts.lock().unwrap().clone();
+        let expected = if bound { 0 } else { 3 };
+        for name in ["bg.task.wait", "bg.task.duration", "bg.task.busy"] {
+            let got = counts.get(name).copied().unwrap_or(0);
+            assert_eq!(
+                got, expected,
+                "{name} with bound_metrics({bound}): {counts:?}"
+            );
+        }
+    }
 }

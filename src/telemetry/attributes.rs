@@ -39,22 +39,36 @@ pub(crate) struct TaskAttributes {
     pub(crate) failure_log: RateLimit,
 }
 
-/// How a histogram records into one attribute set. With `bound-metrics`,
-/// through a handle bound to the set at its first record: outside the
-/// pool's lock (binding calls into the meter), and not before, because the
-/// SDK exports a bound set from the moment it is bound, with a count of 0 if
-/// nothing was recorded, where an unbound one appears at its first record.
-/// Only the pool that made a [`TaskAttributes`] records through it, so the
-/// handle is always bound to that pool's instrument. Without the feature,
-/// nothing: the set goes with every record.
+/// How a histogram records into one attribute set. With `bound-metrics`
+/// (unless the pool was built with `bound_metrics(false)`), through a
+/// handle bound to the set at its first record: outside the pool's lock
+/// (binding calls into the meter), and not before, because the SDK exports
+/// a bound set from the moment it is bound, with a count of 0 if nothing
+/// was recorded, where an unbound one appears at its first record. Only the
+/// pool that made a [`TaskAttributes`] records through it, so the handle is
+/// always bound to that pool's instrument. Otherwise the set goes with
+/// every record.
 #[derive(Default)]
 pub(super) struct SetRecorder(#[cfg(feature = "bound-metrics")] OnceLock<BoundHistogram<f64>>);
 
 impl SetRecorder {
-    pub(super) fn record(&self, histogram: &Histogram<f64>, set: &[KeyValue], value: f64) {
+    /// Records `value`; `bind` is the pool's `bound_metrics` setting, the
+    /// same on every call for one recorder.
+    #[inline]
+    pub(super) fn record(
+        &self,
+        histogram: &Histogram<f64>,
+        set: &[KeyValue],
+        value: f64,
+        bind: bool,
+    ) {
         #[cfg(feature = "bound-metrics")]
-        self.0.get_or_init(|| histogram.bind(set)).record(value);
+        if bind {
+            self.0.get_or_init(|| histogram.bind(set)).record(value);
+            return;
+        }
         #[cfg(not(feature = "bound-metrics"))]
+        let _ = bind;
         histogram.record(value, set);
     }
 }

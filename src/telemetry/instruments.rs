@@ -24,6 +24,8 @@ pub(crate) struct Telemetry {
     explicit_meter: bool,
     /// `Builder::busy_time`.
     busy_time: bool,
+    /// `Builder::bound_metrics` (always false without the feature).
+    bind: bool,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -53,6 +55,7 @@ impl Telemetry {
         meter: &Meter,
         explicit_meter: bool,
         busy_time: bool,
+        bind: bool,
     ) -> Self {
         Telemetry {
             propagation,
@@ -63,6 +66,7 @@ impl Telemetry {
             busy: histogram(meter, "bg.task.busy"),
             explicit_meter,
             busy_time,
+            bind,
         }
     }
 
@@ -77,16 +81,16 @@ impl Telemetry {
     pub(crate) fn record_busy(&self, attrs: &TaskAttributes, busy: Duration) {
         attrs
             .busy_recorder
-            .record(&self.busy, &attrs.pool_task, busy.as_secs_f64());
+            .record(&self.busy, &attrs.pool_task, busy.as_secs_f64(), self.bind);
     }
     pub(crate) fn record_wait(&self, attrs: &TaskAttributes, wait: Duration) {
         attrs
             .wait_recorder
-            .record(&self.wait, &attrs.pool_task, wait.as_secs_f64());
+            .record(&self.wait, &attrs.pool_task, wait.as_secs_f64(), self.bind);
     }
 
     pub(crate) fn record_duration(&self, attrs: &TaskAttributes, outcome: Outcome, run: Duration) {
         let (set, recorder) = &attrs.by_outcome[outcome_index(outcome)];
-        recorder.record(&self.duration, set, run.as_secs_f64());
+        recorder.record(&self.duration, set, run.as_secs_f64(), self.bind);
     }
 }
