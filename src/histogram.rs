@@ -19,26 +19,29 @@ const BUCKETS: usize = (MAX_EXPONENT as usize - SUB_BUCKET_BITS as usize + 2) * 
 /// window, so "recent" means the last one to two minutes.
 pub(crate) const WINDOW: Duration = Duration::from_secs(60);
 
+/// One window's counts of `N` series, bucket-major: the counts of one
+/// bucket for all series are adjacent, so series recorded together with
+/// close values (a short task's run and busy time) touch one cache line.
 #[derive(Clone)]
-struct Buckets {
-    counts: Box<[u32; BUCKETS]>,
-    total: u64,
-    max_micros: u64,
+struct Buckets<const N: usize> {
+    counts: Box<[[u32; N]; BUCKETS]>,
+    total: [u64; N],
+    max_micros: [u64; N],
 }
 
-impl Buckets {
+impl<const N: usize> Buckets<N> {
     fn new() -> Self {
         Buckets {
-            counts: Box::new([0; BUCKETS]),
-            total: 0,
-            max_micros: 0,
+            counts: Box::new([[0; N]; BUCKETS]),
+            total: [0; N],
+            max_micros: [0; N],
         }
     }
 
     fn clear(&mut self) {
-        self.counts.fill(0);
-        self.total = 0;
-        self.max_micros = 0;
+        self.counts.fill([0; N]);
+        self.total = [0; N];
+        self.max_micros = [0; N];
     }
 }
 
@@ -78,20 +81,22 @@ pub struct Percentiles {
     pub max: Option<f64>,
 }
 
-/// Two rotating windows of [`Buckets`].
+/// `N` series of durations over the same two rotating windows, recorded
+/// together: one record rotates once for all of them (the pool records a
+/// run's wait, run and busy time at once, under its lock).
 #[derive(Clone)]
-pub(crate) struct RecentHistogram {
-    current: Buckets,
-    previous: Buckets,
+pub(crate) struct RecentHistograms<const N: usize> {
+    current: Buckets<N>,
+    previous: Buckets<N>,
     window_started: Instant,
     /// `window_started + WINDOW`, kept so a record compares instead of
     /// adding or subtracting.
     window_ends: Instant,
 }
 
-impl RecentHistogram {
+impl<const N: usize> RecentHistograms<N> {
     pub(crate) fn new(now: Instant) -> Self {
-        RecentHistogram {
+        RecentHistograms {
             current: Buckets::new(),
             previous: Buckets::new(),
             window_started: now,
@@ -117,30 +122,36 @@ impl RecentHistogram {
         self.window_ends = now + WINDOW;
     }
 
-    pub(crate) fn record(&mut self, value: Duration, now: Instant) {
+    /// Records one value per series; `None` leaves that series alone.
+    #[inline]
+    pub(crate) fn record(&mut self, values: [Option<Duration>; N], now: Instant) {
         self.rotate(now);
-        // Without `as_micros`' 128-bit arithmetic; saturates after about
-        // 584,000 years.
-        let micros = value
-            .as_secs()
-            .saturating_mul(1_000_000)
-            .saturating_add(u64::from(value.subsec_micros()));
-        let bucket = &mut self.current.counts[bucket_index(micros)];
-        *bucket = bucket.saturating_add(1);
-        self.current.total += 1;
-        self.current.max_micros = self.current.max_micros.max(micros);
+        for (series, value) in values.into_iter().enumerate() {
+            let Some(value) = value else { continue };
+            // Without `as_micros`' 128-bit arithmetic; saturates after
+            // about 584,000 years.
+            let micros = value
+                .as_secs()
+                .saturating_mul(1_000_000)
+                .saturating_add(u64::from(value.subsec_micros()));
+            let count = &mut self.current.counts[bucket_index(micros)][series];
+            *count = count.saturating_add(1);
+            self.current.total[series] += 1;
+            self.current.max_micros[series] = self.current.max_micros[series].max(micros);
+        }
     }
 
-    pub(crate) fn percentiles(&self, now: Instant) -> Percentiles {
+    /// Percentiles of one series (`series < N`).
+    pub(crate) fn percentiles(&self, series: usize, now: Instant) -> Percentiles {
         let age = now.saturating_duration_since(self.window_started);
-        let windows: &[&Buckets] = if age >= 2 * WINDOW {
+        let windows: &[&Buckets<N>] = if age >= 2 * WINDOW {
             &[]
         } else if age >= WINDOW {
             &[&self.current]
         } else {
             &[&self.current, &self.previous]
         };
-        let total: u64 = windows.iter().map(|w| w.total).sum();
+        let total: u64 = windows.iter().map(|w| w.total[series]).sum();
         if total == 0 {
             return Percentiles::default();
         }
@@ -151,7 +162,7 @@ impl RecentHistogram {
             for index in 0..BUCKETS {
                 seen += windows
                     .iter()
-                    .map(|w| u64::from(w.counts[index]))
+                    .map(|w| u64::from(w.counts[index][series]))
                     .sum::<u64>();
                 if seen >= rank {
                     return bucket_midpoint(index);
@@ -159,7 +170,11 @@ impl RecentHistogram {
             }
             bucket_midpoint(BUCKETS - 1)
         };
-        let max_micros = windows.iter().map(|w| w.max_micros).max().unwrap_or(0) as f64;
+        let max_micros = windows
+            .iter()
+            .map(|w| w.max_micros[series])
+            .max()
+            .unwrap_or(0) as f64;
         let to_ms = |micros: f64| micros.min(max_micros) / 1000.0;
         Percentiles {
             p50: Some(to_ms(at_rank(0.50))),
@@ -192,11 +207,11 @@ mod tests {
     #[test]
     fn percentiles_of_a_known_distribution() {
         let start = Instant::now();
-        let mut histogram = RecentHistogram::new(start);
+        let mut histogram = RecentHistograms::<1>::new(start);
         for ms in 1..=100u64 {
-            histogram.record(Duration::from_millis(ms), start);
+            histogram.record([Some(Duration::from_millis(ms))], start);
         }
-        let p = histogram.percentiles(start);
+        let p = histogram.percentiles(0, start);
         let p50 = p.p50.unwrap();
         let p99 = p.p99.unwrap();
         assert!((p50 - 50.0).abs() <= 50.0 / 16.0, "p50 {p50}");
@@ -207,16 +222,53 @@ mod tests {
     #[test]
     fn old_windows_age_out() {
         let start = Instant::now();
-        let mut histogram = RecentHistogram::new(start);
-        histogram.record(Duration::from_millis(7), start);
-        assert_eq!(histogram.percentiles(start + WINDOW).max, Some(7.0));
+        let mut histogram = RecentHistograms::<1>::new(start);
+        histogram.record([Some(Duration::from_millis(7))], start);
+        assert_eq!(histogram.percentiles(0, start + WINDOW).max, Some(7.0));
         assert_eq!(
-            histogram.percentiles(start + 2 * WINDOW),
+            histogram.percentiles(0, start + 2 * WINDOW),
             Percentiles::default()
         );
-        histogram.record(Duration::from_millis(3), start + WINDOW);
-        assert_eq!(histogram.percentiles(start + WINDOW).max, Some(7.0));
-        histogram.record(Duration::from_millis(1), start + 3 * WINDOW);
-        assert_eq!(histogram.percentiles(start + 3 * WINDOW).max, Some(1.0));
+        histogram.record([Some(Duration::from_millis(3))], start + WINDOW);
+        assert_eq!(histogram.percentiles(0, start + WINDOW).max, Some(7.0));
+        histogram.record([Some(Duration::from_millis(1))], start + 3 * WINDOW);
+        assert_eq!(histogram.percentiles(0, start + 3 * WINDOW).max, Some(1.0));
+    }
+
+    #[test]
+    fn series_recorded_together_stay_apart() {
+        let start = Instant::now();
+        let mut histogram = RecentHistograms::<3>::new(start);
+        for ms in 1..=10u64 {
+            let busy = (ms % 2 == 0).then(|| Duration::from_micros(ms));
+            histogram.record(
+                [
+                    Some(Duration::from_millis(ms)),
+                    Some(Duration::from_secs(ms)),
+                    busy,
+                ],
+                start,
+            );
+        }
+        assert_eq!(histogram.percentiles(0, start).max, Some(10.0));
+        assert_eq!(histogram.percentiles(1, start).max, Some(10_000.0));
+        let busy = histogram.percentiles(2, start);
+        assert_eq!(busy.max, Some(0.01));
+        // Five values (2, 4, ..., 10 µs, each its own bucket): the median
+        // is the third.
+        assert_eq!(busy.p50, Some(0.006));
+        // Windows rotate for all series at once.
+        histogram.record(
+            [None, None, Some(Duration::from_micros(3))],
+            start + 3 * WINDOW,
+        );
+        assert_eq!(
+            histogram.percentiles(0, start + 3 * WINDOW),
+            Percentiles::default()
+        );
+        assert_eq!(
+            histogram.percentiles(2, start + 3 * WINDOW).max,
+            Some(0.003)
+        );
     }
 }

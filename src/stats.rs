@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::time::Instant;
 
-use crate::histogram::RecentHistogram;
+use crate::histogram::RecentHistograms;
 use crate::snapshot::{DroppedByReason, SlowRecord, SlowTask, TaskSnapshot, WallClock};
 use crate::task::Outcome;
 use crate::DropReason;
@@ -23,6 +23,13 @@ use crate::DropReason;
 pub(crate) const RING_LEN: usize = 20;
 /// How many seconds of depth history a pool remembers.
 pub(crate) const DEPTH_HISTORY_SECS: usize = 300;
+
+/// The series of [`TaskStats::runs`], in the order of its records.
+pub(crate) const RUN_WAIT: usize = 0;
+/// See [`RUN_WAIT`].
+pub(crate) const RUN_TIME: usize = 1;
+/// See [`RUN_WAIT`].
+pub(crate) const RUN_BUSY: usize = 2;
 
 /// Counters of one task name in one pool.
 pub(crate) struct TaskStats {
@@ -38,10 +45,9 @@ pub(crate) struct TaskStats {
     pub(crate) dropped: Arc<DropCounts>,
     pub(crate) queued: u64,
     pub(crate) running: u64,
-    pub(crate) wait: RecentHistogram,
-    pub(crate) run: RecentHistogram,
-    /// Busy time of the runs that measured it.
-    pub(crate) busy: RecentHistogram,
+    /// Wait, run and busy time (of the runs that measured it), recorded
+    /// together: see [`RUN_WAIT`], [`RUN_TIME`], [`RUN_BUSY`].
+    pub(crate) runs: RecentHistograms<3>,
     /// Drops already mentioned in a log line (for the rate-limited summary).
     pub(crate) dropped_logged: u64,
 }
@@ -59,9 +65,7 @@ impl TaskStats {
             dropped: Arc::new(DropCounts::default()),
             queued: 0,
             running: 0,
-            wait: RecentHistogram::new(now),
-            run: RecentHistogram::new(now),
-            busy: RecentHistogram::new(now),
+            runs: RecentHistograms::new(now),
             dropped_logged: 0,
         }
     }
@@ -97,9 +101,9 @@ impl TaskStats {
             panicked: self.panicked,
             timed_out: self.timed_out,
             abandoned: self.abandoned,
-            wait_ms: self.wait.percentiles(now),
-            run_ms: self.run.percentiles(now),
-            busy_ms: self.busy.percentiles(now),
+            wait_ms: self.runs.percentiles(RUN_WAIT, now),
+            run_ms: self.runs.percentiles(RUN_TIME, now),
+            busy_ms: self.runs.percentiles(RUN_BUSY, now),
         }
     }
 }

@@ -123,11 +123,8 @@ impl State {
         let stats = &mut self.tasks[index].1;
         stats.running -= 1;
         stats.record_end(outcome);
-        stats.run.record(run, now);
-        stats.wait.record(wait, now);
-        if let Some(busy) = busy {
-            stats.busy.record(busy, now);
-        }
+        // In the order of `RUN_WAIT`, `RUN_TIME`, `RUN_BUSY`.
+        stats.runs.record([Some(wait), Some(run), busy], now);
         if let Some(error) = error {
             self.recent_failures.push(FailureRecord {
                 at: now,
