@@ -75,12 +75,10 @@ fn child(implementation: &str, mode_name: &str, tasks: usize) {
             let pool = setup.builder(1024, 8).busy_time(false).build().unwrap();
             Arc::new(move |task| pool.spawn("noop", task))
         }
-        #[cfg(feature = "bound-metrics")]
         "bg-queue (bound_metrics off)" => {
             let pool = setup.builder(1024, 8).bound_metrics(false).build().unwrap();
             Arc::new(move |task| pool.spawn("noop", task))
         }
-        #[cfg(feature = "bound-metrics")]
         "bg-queue (bound_metrics off, busy_time off)" => {
             let pool = setup
                 .builder(1024, 8)
@@ -163,9 +161,6 @@ fn main() {
     for &(implementation, mode_name) in CASES {
         let name = format!("{implementation}/{mode_name}");
         if filter.is_some_and(|filter| !name.contains(filter.as_str())) {
-            continue;
-        }
-        if !cfg!(feature = "bound-metrics") && implementation.contains("bound_metrics") {
             continue;
         }
         let empty = count(implementation, mode_name, 0);

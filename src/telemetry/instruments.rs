@@ -1,4 +1,4 @@
-//! The pool's tracer and its synchronous instruments (the two
+//! The pool's tracer and its synchronous instruments (the three
 //! histograms); the observable ones are in `observers.rs`.
 
 use std::time::Duration;
@@ -24,7 +24,7 @@ pub(crate) struct Telemetry {
     explicit_meter: bool,
     /// `Builder::busy_time`.
     busy_time: bool,
-    /// `Builder::bound_metrics` (always false without the feature).
+    /// `Builder::bound_metrics`; always false without the feature.
     bind: bool,
 }
 
