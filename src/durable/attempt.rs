@@ -14,6 +14,8 @@ use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
+use crate::telemetry::failure_event;
+
 use super::job::{AttemptError, JobContext, JobId};
 use super::telemetry::{AttemptInfo, AttemptOutcome};
 use super::worker::{ReconnectBackoff, Shared};
@@ -257,33 +259,20 @@ fn log_failure(
     let run_ms = run_time.as_secs_f64() * 1000.0;
     let task = job.task_name.as_str();
     let attempt = job.attempt;
-    let level_error = outcome == AttemptOutcome::Panicked;
-    let outcome = outcome.as_str();
-    // One event, at the level the outcome calls for (`event!` takes the
-    // level as a constant).
-    macro_rules! event {
-        ($level:expr) => {
-            tracing::event!(
-                target: "bg_queue",
-                $level,
-                error,
-                bg.pool.name = %shared.config.queue,
-                bg.task.name = task,
-                bg.task.outcome = outcome,
-                bg.task.attempt = attempt,
-                wait_ms,
-                run_ms,
-                trace_id,
-                suppressed,
-                "durable job {task} {outcome} on attempt {attempt}: {error}"
-            )
-        };
-    }
-    if level_error {
-        event!(tracing::Level::ERROR);
-    } else {
-        event!(tracing::Level::WARN);
-    }
+    failure_event!(
+        outcome == AttemptOutcome::Panicked,
+        error,
+        bg.pool.name = %shared.config.queue,
+        bg.task.name = task,
+        bg.task.outcome = outcome.as_str(),
+        bg.task.attempt = attempt,
+        wait_ms,
+        run_ms,
+        trace_id,
+        suppressed,
+        "durable job {task} {} on attempt {attempt}: {error}",
+        outcome.as_str()
+    );
 }
 
 /// Appends the attempt's error and moves the row to `retryable` (at

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::state::Pool;
 use crate::task::{Outcome, RunEnd};
-use crate::telemetry::TaskAttributes;
+use crate::telemetry::{failure_event, TaskAttributes};
 
 /// The text of a run's error: the error's `Display`, the panic message, or
 /// the timeout; `None` for a run that succeeded.
@@ -59,32 +59,17 @@ impl Pool {
         let task = failure.attrs.name;
         let outcome = failure.outcome.as_str();
         let error = failure.error;
-        if failure.outcome == Outcome::Panicked {
-            tracing::error!(
-                target: "bg_queue",
-                error,
-                bg.pool.name = %self.name,
-                bg.task.name = task,
-                bg.task.outcome = outcome,
-                wait_ms,
-                run_ms,
-                trace_id,
-                suppressed,
-                "background task {task} panicked: {error}"
-            );
-        } else {
-            tracing::warn!(
-                target: "bg_queue",
-                error,
-                bg.pool.name = %self.name,
-                bg.task.name = task,
-                bg.task.outcome = outcome,
-                wait_ms,
-                run_ms,
-                trace_id,
-                suppressed,
-                "background task {task} {outcome}: {error}"
-            );
-        }
+        failure_event!(
+            failure.outcome == Outcome::Panicked,
+            error,
+            bg.pool.name = %self.name,
+            bg.task.name = task,
+            bg.task.outcome = outcome,
+            wait_ms,
+            run_ms,
+            trace_id,
+            suppressed,
+            "background task {task} {outcome}: {error}"
+        );
     }
 }

@@ -27,6 +27,22 @@
 //! the exported tree is the same, at about half the span cost, but
 //! subscribers other than the OpenTelemetry layer no longer see `bg.run`.
 
+/// One `tracing` event on target `bg_queue` for a failed run: ERROR when
+/// `$panicked` is true, WARN otherwise (a failed or timed-out run), the
+/// rest of the arguments as `tracing::event!` takes them. The pool and the
+/// durable worker log their failures through it, so both pick the level
+/// the same way; `event!` takes its level as a constant, hence two calls.
+macro_rules! failure_event {
+    ($panicked:expr, $($fields:tt)+) => {
+        if $panicked {
+            tracing::event!(target: "bg_queue", tracing::Level::ERROR, $($fields)+)
+        } else {
+            tracing::event!(target: "bg_queue", tracing::Level::WARN, $($fields)+)
+        }
+    };
+}
+pub(crate) use failure_event;
+
 mod attributes;
 mod config;
 mod instruments;
