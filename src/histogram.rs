@@ -81,6 +81,30 @@ pub struct Percentiles {
     pub max: Option<f64>,
 }
 
+/// A duration in microseconds with its bucket, computed where no lock is
+/// held.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sample {
+    bucket: usize,
+    micros: u64,
+}
+
+impl Sample {
+    #[inline]
+    pub(crate) fn of(value: Duration) -> Self {
+        // Without `as_micros`' 128-bit arithmetic; saturates after about
+        // 584,000 years.
+        let micros = value
+            .as_secs()
+            .saturating_mul(1_000_000)
+            .saturating_add(u64::from(value.subsec_micros()));
+        Sample {
+            bucket: bucket_index(micros),
+            micros,
+        }
+    }
+}
+
 /// `N` series of durations over the same two rotating windows, recorded
 /// together: one record rotates once for all of them (the pool records a
 /// run's wait, run and busy time at once, under its lock).
@@ -123,18 +147,22 @@ impl<const N: usize> RecentHistograms<N> {
     }
 
     /// Records one value per series; `None` leaves that series alone.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn record(&mut self, values: [Option<Duration>; N], now: Instant) {
+        self.record_samples(values.map(|value| value.map(Sample::of)), now);
+    }
+
+    /// Records one sample per series; `None` leaves that series alone.
+    /// Only counters change here: the pool calls it under its lock, with
+    /// samples whose buckets were found before.
+    #[inline]
+    pub(crate) fn record_samples(&mut self, samples: [Option<Sample>; N], now: Instant) {
         self.rotate(now);
-        for (series, value) in values.into_iter().enumerate() {
-            let Some(value) = value else { continue };
-            // Without `as_micros`' 128-bit arithmetic; saturates after
-            // about 584,000 years.
-            let micros = value
-                .as_secs()
-                .saturating_mul(1_000_000)
-                .saturating_add(u64::from(value.subsec_micros()));
-            let count = &mut self.current.counts[bucket_index(micros)][series];
+        for (series, sample) in samples.into_iter().enumerate() {
+            let Some(Sample { bucket, micros }) = sample else {
+                continue;
+            };
+            let count = &mut self.current.counts[bucket][series];
             *count = count.saturating_add(1);
             self.current.total[series] += 1;
             self.current.max_micros[series] = self.current.max_micros[series].max(micros);

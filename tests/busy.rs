@@ -212,3 +212,76 @@ async fn with_metrics_only_busy_time_excludes_waits_and_never_exceeds_the_run() 
         "busy {fetch_busy} s, run {fetch_run} s"
     );
 }
+
+/// Busy time's arithmetic, exact under tokio's paused clock: inside a
+/// poll, `tokio::time::advance` moves the clock (busy); a sleep moves it
+/// while the task is suspended (not busy). A task that times out while
+/// suspended is busy only up to its last poll. Checked with metrics only
+/// (busy time starts at the runner's start reading) and with spans
+/// recorded (it starts at a reading of its own before the first poll).
+async fn busy_time_counts_polls_not_suspensions(with_spans: bool) {
+    let metrics = Metrics::new();
+    let tracing = Tracing::new();
+    let mut builder = Builder::new("paused")
+        .meter(metrics.provider.meter("test"))
+        .timeout(Duration::from_millis(100));
+    if with_spans {
+        builder = builder.tracer(tracing.tracer());
+    }
+    let _subscriber = with_spans.then(|| tracing::subscriber::set_default(tracing.subscriber()));
+    let bg = builder.build().unwrap();
+    bg.spawn("two_bursts", async {
+        tokio::time::advance(Duration::from_millis(7)).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        tokio::time::advance(Duration::from_millis(5)).await;
+    });
+    bg.idle().await;
+    bg.spawn("stuck", async {
+        tokio::time::advance(Duration::from_millis(3)).await;
+        std::future::pending::<()>().await;
+    });
+    bg.idle().await;
+
+    let snapshot = bg.snapshot();
+    let points = metrics.collect();
+    for (task, busy_ms, run_ms) in [("two_bursts", 12.0, 42.0), ("stuck", 3.0, 100.0)] {
+        let figures = snapshot.task(task).unwrap();
+        assert_eq!(figures.busy_ms.max, Some(busy_ms), "{task}: {figures:?}");
+        assert_eq!(figures.run_ms.max, Some(run_ms), "{task}: {figures:?}");
+        let busy = points
+            .iter()
+            .find(|point| {
+                point.metric == "bg.task.busy" && point.attr("bg.task.name") == Some(task)
+            })
+            .unwrap_or_else(|| panic!("no bg.task.busy for {task}"));
+        assert_eq!(busy.count, 1);
+        assert!(
+            (busy.value * 1000.0 - busy_ms).abs() < 1e-6,
+            "{task}: exported busy {} s",
+            busy.value
+        );
+    }
+    if with_spans {
+        let spans = tracing.spans();
+        for (task, busy_ms) in [("two_bursts", 12.0), ("stuck", 3.0)] {
+            let run = spans
+                .iter()
+                .find(|span| span.name == format!("run {task}"))
+                .unwrap_or_else(|| panic!("no bg.run span for {task}"));
+            let recorded = common::attr(run, "bg.task.busy_ms")
+                .and_then(|value| value.as_str().parse::<f64>().ok())
+                .expect("bg.task.busy_ms on bg.run");
+            assert!((recorded - busy_ms).abs() < 1e-6, "{task}: {recorded} ms");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn busy_time_counts_polls_not_suspensions_with_metrics_only() {
+    busy_time_counts_polls_not_suspensions(false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn busy_time_counts_polls_not_suspensions_with_spans() {
+    busy_time_counts_polls_not_suspensions(true).await;
+}

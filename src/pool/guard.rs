@@ -203,7 +203,7 @@ impl Drop for RunnerGuard {
             }
             let run_time = current.started.elapsed();
             pool.telemetry
-                .record_duration(&current.attrs, outcome, run_time);
+                .record_end(&current.attrs, outcome, run_time, None);
             if let Some(spans) = current.spans {
                 Telemetry::finish_spans(spans, outcome, None, None);
             }

@@ -187,7 +187,9 @@ impl BackgroundTx {
     /// report and a log line).
     ///
     /// Tasks spawned after this call are dropped with reason `closed`.
-    /// Calling it again waits again and returns a fresh report.
+    /// Calling it again waits again and returns a fresh report. On return,
+    /// every histogram value the pool held in its record batches has gone
+    /// to the meter: shut the pool down before the meter provider.
     ///
     /// # Cancel safety
     ///

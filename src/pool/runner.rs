@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use super::failures::{error_text, Failure};
 use super::guard::{Current, RunnerGuard, Standing};
 use super::state::Pool;
+use crate::histogram::Sample;
 use crate::snapshot::bounded_error;
 use crate::task::{Envelope, Outcome, RunEnd};
 use crate::telemetry::{TaskAttributes, Telemetry};
@@ -40,8 +41,10 @@ pub(super) struct Finished {
     pub(super) trace_id: Option<TraceId>,
     /// The error text of a run that did not succeed, bounded for the page.
     pub(super) error: Option<String>,
-    /// Time inside the task's `poll`, when measured.
-    pub(super) busy: Option<Duration>,
+    /// The wait, run and busy time (when measured) for the snapshot's
+    /// histograms, in the order of `RUN_WAIT`, `RUN_TIME`, `RUN_BUSY`:
+    /// bucketed here, so that the pool's lock is held only to count them.
+    pub(super) samples: [Option<Sample>; 3],
     pub(super) ended: Instant,
 }
 
@@ -214,7 +217,7 @@ async fn run_task(pool: &Arc<Pool>, guard: &mut RunnerGuard, taken: Taken) {
     };
     let ended = Instant::now();
     let run = ended.saturating_duration_since(started);
-    let busy = future.busy(ended);
+    let busy = future.busy(ended, run);
     // A timed-out task is dropped here, inside its span, before the span
     // ends.
     drop(future);
@@ -230,13 +233,15 @@ async fn run_task(pool: &Arc<Pool>, guard: &mut RunnerGuard, taken: Taken) {
         run,
         trace_id,
         error: error.as_deref().map(bounded_error),
-        busy,
+        samples: [
+            Some(Sample::of(wait)),
+            Some(Sample::of(run)),
+            busy.map(Sample::of),
+        ],
         ended,
     });
-    pool.telemetry.record_duration(&current.attrs, outcome, run);
-    if let Some(busy) = busy {
-        pool.telemetry.record_busy(&current.attrs, busy);
-    }
+    pool.telemetry
+        .record_end(&current.attrs, outcome, run, busy);
     if let Some(spans) = current.spans {
         Telemetry::finish_spans(spans, outcome, Some(&end), busy);
     }

@@ -68,6 +68,10 @@ impl Pool {
             drop(state);
             self.snapshot()
         };
+        // Every run has recorded its end by now: hand the held histogram
+        // values to the meter, so the application's final collection (at
+        // its meter provider's shutdown) has them all.
+        self.telemetry.flush_records();
         let report = ShutdownReport::from_snapshot(snapshot, drained, started.elapsed());
         report.log();
         report

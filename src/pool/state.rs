@@ -116,15 +116,14 @@ impl State {
             run,
             trace_id,
             error,
-            busy,
+            samples,
             ..
         } = finished;
         self.running -= 1;
         let stats = &mut self.tasks[index].1;
         stats.running -= 1;
         stats.record_end(outcome);
-        // In the order of `RUN_WAIT`, `RUN_TIME`, `RUN_BUSY`.
-        stats.runs.record([Some(wait), Some(run), busy], now);
+        stats.runs.record_samples(samples, now);
         if let Some(error) = error {
             self.recent_failures.push(FailureRecord {
                 at: now,
@@ -328,5 +327,9 @@ impl PoolView for Pool {
         for (attrs, stats) in &state.tasks {
             f(attrs, stats);
         }
+    }
+
+    fn flush_records(&self) {
+        self.telemetry.flush_records();
     }
 }

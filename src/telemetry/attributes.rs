@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 #[cfg(feature = "bound-metrics")]
 use opentelemetry::metrics::BoundHistogram;
+#[cfg(feature = "bound-metrics")]
 use opentelemetry::metrics::Histogram;
 use opentelemetry::KeyValue;
 
@@ -28,8 +29,10 @@ pub(crate) struct TaskAttributes {
     pub(super) run_span_name: &'static str,
     pub(crate) pool_task: Vec<KeyValue>,
     /// How `bg.task.wait` records into `pool_task`.
+    #[cfg(feature = "bound-metrics")]
     pub(super) wait_recorder: SetRecorder,
     /// How `bg.task.busy` records into `pool_task`.
+    #[cfg(feature = "bound-metrics")]
     pub(super) busy_recorder: SetRecorder,
     /// Per outcome (the run outcomes, then `abandoned`; see
     /// [`outcome_index`]): its attribute set, and how `bg.task.duration`
@@ -49,27 +52,18 @@ pub(crate) struct TaskAttributes {
 /// always bound to that pool's instrument. Otherwise the set goes with
 /// every record.
 #[derive(Default)]
-pub(super) struct SetRecorder(#[cfg(feature = "bound-metrics")] OnceLock<BoundHistogram<f64>>);
+pub(super) struct SetRecorder(#[cfg(feature = "bound-metrics")] OnceLock<Arc<BoundHistogram<f64>>>);
 
 impl SetRecorder {
-    /// Records `value`; `bind` is the pool's `bound_metrics` setting, the
-    /// same on every call for one recorder.
+    /// The handle bound to `set`, bound at the first call.
+    #[cfg(feature = "bound-metrics")]
     #[inline]
-    pub(super) fn record(
+    pub(super) fn bound(
         &self,
         histogram: &Histogram<f64>,
         set: &[KeyValue],
-        value: f64,
-        bind: bool,
-    ) {
-        #[cfg(feature = "bound-metrics")]
-        if bind {
-            self.0.get_or_init(|| histogram.bind(set)).record(value);
-            return;
-        }
-        #[cfg(not(feature = "bound-metrics"))]
-        let _ = bind;
-        histogram.record(value, set);
+    ) -> &Arc<BoundHistogram<f64>> {
+        self.0.get_or_init(|| Arc::new(histogram.bind(set)))
     }
 }
 
@@ -96,7 +90,9 @@ impl TaskAttributes {
             task_span_name: Box::leak(format!("bg {name}").into_boxed_str()),
             run_span_name: Box::leak(format!("run {name}").into_boxed_str()),
             pool_task,
+            #[cfg(feature = "bound-metrics")]
             wait_recorder: SetRecorder::default(),
+            #[cfg(feature = "bound-metrics")]
             busy_recorder: SetRecorder::default(),
             by_outcome,
             failure_log: RateLimit::new(FAILURE_LOG_BURST, FAILURE_LOG_WINDOW),

@@ -7,6 +7,8 @@ use opentelemetry::global::BoxedTracer;
 use opentelemetry::metrics::{Histogram, Meter};
 
 use super::attributes::outcome_index;
+#[cfg(feature = "bound-metrics")]
+use super::batches::RecordBatches;
 use super::table::{definition, DURATION_BUCKETS_SECONDS};
 use super::{Propagation, RunSpan, TaskAttributes};
 use crate::task::Outcome;
@@ -24,8 +26,12 @@ pub(crate) struct Telemetry {
     explicit_meter: bool,
     /// `Builder::busy_time`.
     busy_time: bool,
-    /// `Builder::bound_metrics`; always false without the feature.
+    /// `Builder::bound_metrics`.
+    #[cfg(feature = "bound-metrics")]
     bind: bool,
+    /// Where bound records wait to go to the SDK in batches.
+    #[cfg(feature = "bound-metrics")]
+    batches: RecordBatches,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -57,6 +63,9 @@ impl Telemetry {
         busy_time: bool,
         bind: bool,
     ) -> Self {
+        // Without the feature every record is unbound (`bind` is false).
+        #[cfg(not(feature = "bound-metrics"))]
+        let _ = bind;
         Telemetry {
             propagation,
             run_span,
@@ -66,7 +75,14 @@ impl Telemetry {
             busy: histogram(meter, "bg.task.busy"),
             explicit_meter,
             busy_time,
+            #[cfg(feature = "bound-metrics")]
             bind,
+            // One shard per thread that may run tasks: the runtime's workers,
+            // by default one per core, and some to spare for other threads.
+            #[cfg(feature = "bound-metrics")]
+            batches: RecordBatches::new(
+                std::thread::available_parallelism().map_or(1, std::num::NonZero::get) * 2,
+            ),
         }
     }
 
@@ -78,19 +94,51 @@ impl Telemetry {
         self.busy_time && (spans_recorded || self.explicit_meter)
     }
 
-    pub(crate) fn record_busy(&self, attrs: &TaskAttributes, busy: Duration) {
-        attrs
-            .busy_recorder
-            .record(&self.busy, &attrs.pool_task, busy.as_secs_f64(), self.bind);
-    }
     pub(crate) fn record_wait(&self, attrs: &TaskAttributes, wait: Duration) {
-        attrs
-            .wait_recorder
-            .record(&self.wait, &attrs.pool_task, wait.as_secs_f64(), self.bind);
+        let wait = wait.as_secs_f64();
+        #[cfg(feature = "bound-metrics")]
+        if self.bind {
+            let bound = attrs.wait_recorder.bound(&self.wait, &attrs.pool_task);
+            self.batches.record(&[(bound, wait)]);
+            return;
+        }
+        self.wait.record(wait, &attrs.pool_task);
     }
 
-    pub(crate) fn record_duration(&self, attrs: &TaskAttributes, outcome: Outcome, run: Duration) {
-        let (set, recorder) = &attrs.by_outcome[outcome_index(outcome)];
-        recorder.record(&self.duration, set, run.as_secs_f64(), self.bind);
+    /// Records a run's end: its run time by outcome and, if measured, its
+    /// busy time (through one batch lock when bound).
+    pub(crate) fn record_end(
+        &self,
+        attrs: &TaskAttributes,
+        outcome: Outcome,
+        run: Duration,
+        busy: Option<Duration>,
+    ) {
+        let (set, _recorder) = &attrs.by_outcome[outcome_index(outcome)];
+        let run = run.as_secs_f64();
+        let busy = busy.map(|busy| busy.as_secs_f64());
+        #[cfg(feature = "bound-metrics")]
+        if self.bind {
+            let run = (_recorder.bound(&self.duration, set), run);
+            match busy {
+                Some(busy) => {
+                    let bound = attrs.busy_recorder.bound(&self.busy, &attrs.pool_task);
+                    self.batches.record(&[run, (bound, busy)]);
+                }
+                None => self.batches.record(&[run]),
+            }
+            return;
+        }
+        self.duration.record(run, set);
+        if let Some(busy) = busy {
+            self.busy.record(busy, &attrs.pool_task);
+        }
+    }
+
+    /// Hands the values held in batches to the meter (at each collection,
+    /// through the pool's observable instruments).
+    pub(crate) fn flush_records(&self) {
+        #[cfg(feature = "bound-metrics")]
+        self.batches.flush();
     }
 }

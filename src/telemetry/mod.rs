@@ -12,7 +12,10 @@
 //! - When the task ends: outcome and status are set, `bg.run` then `bg.task`
 //!   end, the run time is recorded.
 //! - At each metric collection: the observable instruments read the pool's
-//!   counters under its lock (no hot-path cost at all).
+//!   counters under its lock (no hot-path cost at all), and first hand the
+//!   histogram values the pool holds in per-thread batches to the SDK
+//!   (bound records only; see `batches.rs`), so the collection counts every
+//!   run that ended before it.
 //!
 //! `bg.run` goes through `tracing`, so the user's own spans nest under it with
 //! any subscriber. `bg.task` is started through the OpenTelemetry tracer the
@@ -44,6 +47,8 @@ macro_rules! failure_event {
 pub(crate) use failure_event;
 
 mod attributes;
+#[cfg(feature = "bound-metrics")]
+mod batches;
 mod config;
 mod instruments;
 pub mod names;

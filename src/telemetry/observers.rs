@@ -27,6 +27,19 @@ pub(crate) trait PoolView: Send + Sync + 'static {
     /// Calls `f` with each task name's attributes and counters, under the
     /// pool's lock (one consistent cut).
     fn for_each_task(&self, f: &mut dyn FnMut(&TaskAttributes, &TaskStats));
+    /// Hands the histogram values the pool holds in batches to the meter.
+    fn flush_records(&self);
+}
+
+/// The pool, if it is still there, its held histogram values handed to the
+/// meter first. Every callback starts here: the SDK runs all callbacks
+/// before it reads any histogram, so a collection sees every value recorded
+/// before it began, as long as one of the pool's observable instruments is
+/// kept (see `batches.rs`).
+fn live(pool: &Weak<dyn PoolView>) -> Option<std::sync::Arc<dyn PoolView>> {
+    let pool = pool.upgrade()?;
+    pool.flush_records();
+    Some(pool)
 }
 
 /// Registers the pool's observable instruments. They hold the pool weakly:
@@ -39,7 +52,7 @@ pub(crate) fn register_observers(meter: &Meter, pool: Weak<dyn PoolView>) {
         .with_unit(spawned.unit)
         .with_description(spawned.description)
         .with_callback(move |observer| {
-            if let Some(pool) = weak.upgrade() {
+            if let Some(pool) = live(&weak) {
                 pool.for_each_task(&mut |attrs, stats| {
                     observer.observe(stats.spawned, &attrs.pool_task)
                 });
@@ -54,7 +67,7 @@ pub(crate) fn register_observers(meter: &Meter, pool: Weak<dyn PoolView>) {
         .with_unit(dropped.unit)
         .with_description(dropped.description)
         .with_callback(move |observer| {
-            if let Some(pool) = weak.upgrade() {
+            if let Some(pool) = live(&weak) {
                 pool.for_each_task(&mut |attrs, stats| {
                     let counts = stats.dropped.by_reason();
                     for reason in DropReason::ALL {
@@ -84,7 +97,7 @@ pub(crate) fn register_observers(meter: &Meter, pool: Weak<dyn PoolView>) {
             .with_unit(def.unit)
             .with_description(def.description)
             .with_callback(move |observer| {
-                if let Some(pool) = weak.upgrade() {
+                if let Some(pool) = live(&weak) {
                     pool.for_each_task(&mut |attrs, stats| {
                         observer.observe(read(stats) as i64, &attrs.pool_task)
                     });
@@ -107,7 +120,7 @@ pub(crate) fn register_observers(meter: &Meter, pool: Weak<dyn PoolView>) {
             .with_unit(def.unit)
             .with_description(def.description)
             .with_callback(move |observer| {
-                if let Some(pool) = weak.upgrade() {
+                if let Some(pool) = live(&weak) {
                     observer.observe(read(&*pool) as u64, &[pool.name_attribute()]);
                 }
             })
@@ -120,7 +133,7 @@ pub(crate) fn register_observers(meter: &Meter, pool: Weak<dyn PoolView>) {
         .with_unit(oldest.unit)
         .with_description(oldest.description)
         .with_callback(move |observer| {
-            if let Some(pool) = pool.upgrade() {
+            if let Some(pool) = live(&pool) {
                 observer.observe(
                     pool.oldest_queued_age().as_secs_f64(),
                     &[pool.name_attribute()],

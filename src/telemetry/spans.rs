@@ -53,32 +53,50 @@ pub(crate) struct Scoped {
     busy: Option<BusyClock>,
 }
 
-/// Busy time so far: one clock read at the start of every poll, one at
-/// the end of every poll that returns `Pending`. The poll that completes
-/// the task ends at the runner's own end reading, taken right after it
-/// returns ([`Scoped::busy`]), so a task that finishes in one poll costs
-/// one clock read. Busy time never exceeds run time: every poll lies
-/// between the runner's start and end readings.
+/// Busy time, measured as the time the task was *not* suspended: from
+/// where busy time starts to the runner's end reading, less every stretch
+/// between a poll that returned `Pending` and the next poll. A task that
+/// completes in its first poll (the common case for short work) costs no
+/// clock read and no subtraction of readings: its busy time is its run
+/// time. Each suspension costs two clock reads, one as it starts and one
+/// as it ends. Busy time never exceeds run time.
+///
+/// Busy time starts at the runner's start reading (the run time's) when no
+/// span is created before the first poll: it then also holds the runner's
+/// pick-up work (the wait histogram's record, well under a microsecond),
+/// which a clock read would cost more than it removes. When spans are
+/// recorded their creation takes microseconds, so it starts at a reading
+/// taken just before the first poll.
 ///
 /// Readings are `tokio::time::Instant`s, like the run time's: under a
 /// paused test clock both are the mocked time.
 pub(crate) struct BusyClock {
-    /// Sum of the polls that returned `Pending`.
-    total: Duration,
-    /// Start of the poll that returned `Ready`.
-    ready_poll_at: Option<tokio::time::Instant>,
+    /// Where busy time starts; `None` for the runner's start reading.
+    from: Option<tokio::time::Instant>,
+    /// The suspensions that have ended.
+    suspended: Duration,
+    /// End of the last poll, if it returned `Pending`.
+    pending_since: Option<tokio::time::Instant>,
 }
 
 impl Scoped {
-    /// The time spent inside the task's `poll`, if measured; `ended` is
-    /// the runner's reading right after the task's last poll.
+    /// The time spent inside the task's `poll`, if measured. `ended` is
+    /// the runner's reading right after the task's last poll (a timed-out
+    /// task's last suspension ends there) and `run` the run time, `ended`
+    /// less the runner's start reading.
     #[inline]
-    pub(crate) fn busy(&self, ended: tokio::time::Instant) -> Option<Duration> {
-        let busy = self.busy.as_ref()?;
-        let last = busy
-            .ready_poll_at
-            .map_or(Duration::ZERO, |at| ended.saturating_duration_since(at));
-        Some(busy.total + last)
+    pub(crate) fn busy(&self, ended: tokio::time::Instant, run: Duration) -> Option<Duration> {
+        let clock = self.busy.as_ref()?;
+        let mut busy = clock
+            .from
+            .map_or(run, |from| ended.saturating_duration_since(from));
+        if let Some(since) = clock.pending_since {
+            busy = busy.saturating_sub(ended.saturating_duration_since(since));
+        }
+        if !clock.suspended.is_zero() {
+            busy = busy.saturating_sub(clock.suspended);
+        }
+        Some(busy)
     }
 }
 
@@ -119,11 +137,12 @@ impl std::future::Future for Scoped {
         let Some(busy) = this.busy.as_mut() else {
             return std::pin::Pin::new(&mut this.task).poll(cx);
         };
-        let started = tokio::time::Instant::now();
+        if let Some(since) = busy.pending_since.take() {
+            busy.suspended += since.elapsed();
+        }
         let poll = std::pin::Pin::new(&mut this.task).poll(cx);
-        match poll {
-            std::task::Poll::Pending => busy.total += started.elapsed(),
-            std::task::Poll::Ready(_) => busy.ready_poll_at = Some(started),
+        if poll.is_pending() {
+            busy.pending_since = Some(tokio::time::Instant::now());
         }
         poll
     }
@@ -143,15 +162,17 @@ impl Drop for Scoped {
 
 impl TaskSpans {
     /// Runs `task` inside `bg.run`, measuring its busy time if
-    /// `measure_busy`.
+    /// `measure_busy` (see [`BusyClock`] for where busy time starts).
     pub(crate) fn scope(&self, task: CatchPanic<TaskFuture>, measure_busy: bool) -> Scoped {
+        let busy = measure_busy.then(|| BusyClock {
+            from: self.recorded().then(tokio::time::Instant::now),
+            suspended: Duration::ZERO,
+            pending_since: None,
+        });
         Scoped {
             run: self.run.clone(),
             task,
-            busy: measure_busy.then_some(BusyClock {
-                total: Duration::ZERO,
-                ready_poll_at: None,
-            }),
+            busy,
         }
     }
 
