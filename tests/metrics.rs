@@ -410,33 +410,37 @@ async fn bound_metrics_off_records_every_value_unbound() {
 }
 
 /// Bound records wait in per-thread batches before they reach the SDK.
-/// Twelve task names (more histograms than a batch shard keeps at once)
-/// run from two workers, a few hundred times each (so batches fill, are
-/// evicted, and are left part full): every collection still counts every
-/// wait, duration and busy value exactly, and a second round lands on top
-/// of the first.
+/// Twelve task names (36 histograms, more than a batch shard keeps at
+/// once) run from two workers, 100 tasks of a name in a row, so batches
+/// fill, are evicted when the name changes, and are left part full. A
+/// collection taken while tasks run does not disturb the count; once the
+/// pool is idle, every wait, duration and busy value is counted exactly,
+/// and a second round lands on top of the first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batched_records_are_all_counted_at_every_collection() {
     const NAMES: [&str; 12] = [
         "n0", "n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8", "n9", "n10", "n11",
     ];
+    const PER_NAME: u64 = 100;
     let metrics = Metrics::new();
     let bg = Builder::new("batched")
         .meter(metrics.provider.meter("test"))
         .build()
         .unwrap();
     for round in 1..=2u64 {
-        for index in 0..300 {
-            let name = NAMES[index % NAMES.len()];
-            let sent = bg.try_spawn(name, async {
-                tokio::task::yield_now().await;
-            });
-            assert!(sent.is_ok(), "refused: {sent:?}");
-            if index % 100 == 99 {
-                bg.idle().await;
+        for (index, name) in NAMES.iter().enumerate() {
+            for _ in 0..PER_NAME {
+                let sent = bg.try_spawn(name, async {
+                    tokio::task::yield_now().await;
+                });
+                assert!(sent.is_ok(), "refused: {sent:?}");
             }
+            if index == NAMES.len() / 2 {
+                // Mid-load: runners record while this collection flushes.
+                let _ = metrics.collect();
+            }
+            bg.idle().await;
         }
-        bg.idle().await;
         let points = metrics.collect();
         for name in NAMES {
             for metric in ["bg.task.wait", "bg.task.duration", "bg.task.busy"] {
@@ -446,10 +450,37 @@ async fn batched_records_are_all_counted_at_every_collection() {
                     .sum();
                 assert_eq!(
                     counted,
-                    25 * round,
+                    PER_NAME * round,
                     "{metric} of {name} after round {round}"
                 );
             }
         }
     }
+}
+
+/// A meter that runs no collection callbacks gets every held value at
+/// shutdown, the abandoned run's duration included.
+#[cfg(feature = "bound-metrics")]
+#[tokio::test]
+async fn shutdown_hands_over_every_held_value_abandoned_runs_included() {
+    let (meter, counts) = counting::meter();
+    let bg = Builder::new("held").meter(meter).build().unwrap();
+    for _ in 0..2 {
+        bg.spawn("quick", async {});
+    }
+    bg.idle().await;
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    bg.spawn("stuck", async move {
+        let _ = started_tx.send(());
+        std::future::pending::<()>().await;
+    });
+    started_rx.await.unwrap();
+    let report = bg.shutdown(Duration::from_millis(20)).await;
+    assert_eq!(report.abandoned, 1, "{report:?}");
+    assert_eq!(report.running, 0, "{report:?}");
+    let counts = counts.lock().unwrap().clone();
+    let bound = |name: &str| counts.get(&(name.to_owned(), true)).copied().unwrap_or(0);
+    assert_eq!(bound("bg.task.wait"), 3, "{counts:?}");
+    assert_eq!(bound("bg.task.duration"), 3, "{counts:?}");
+    assert_eq!(bound("bg.task.busy"), 2, "{counts:?}");
 }

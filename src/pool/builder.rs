@@ -204,9 +204,9 @@ impl Builder {
 
     /// Whether to measure busy time (the time inside each task's `poll`:
     /// `bg.task.busy`, `bg.task.busy_ms`, the snapshot's `busy_ms`) when
-    /// telemetry is on. It costs two clock reads per suspension (none for
-    /// a task that completes in its first poll) and one histogram record
-    /// per task. For a no-op task with metrics on, on a 2-core machine,
+    /// telemetry is on. It costs two clock reads per suspension (with
+    /// metrics only, none for a task that completes in its first poll;
+    /// with spans recorded, one more) and one histogram record per task. For a no-op task with metrics on, on a 2-core machine,
     /// that is 1-7% of throughput and 9.5% of its instructions through
     /// bound instruments (the default), and 25% of its instructions
     /// without them; real tasks dwarf it. Defaults to on.
@@ -221,9 +221,9 @@ impl Builder {
     /// metrics on, because the SDK then skips its attribute-set lookup on
     /// every record. Bound records are also batched per thread, 64 values
     /// of a histogram at a time, so two workers seldom fight over one of
-    /// the SDK's histogram locks; every collection, and the pool's
-    /// shutdown, first hands the held values over, so none is missing from
-    /// an export. Without the feature, histograms are never bound and this
+    /// the SDK's histogram locks. Every collection first hands the held
+    /// values over, as long as one of the pool's observable instruments is
+    /// kept by the meter's views, and so do the pool's shutdown and drop. Without the feature, histograms are never bound and this
     /// does nothing. Defaults to on.
     ///
     /// Turn it off when the meter is not from `opentelemetry_sdk`: an

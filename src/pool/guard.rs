@@ -141,6 +141,15 @@ impl<F: Future<Output = ()>> Future for ContainPanic<F> {
     }
 }
 
+/// Wakes the pool's idle waiters when dropped.
+struct WakeIdle<'a>(&'a tokio::sync::Notify);
+
+impl Drop for WakeIdle<'_> {
+    fn drop(&mut self) {
+        self.0.notify_waiters();
+    }
+}
+
 impl Drop for RunnerGuard {
     fn drop(&mut self) {
         if self.standing == Standing::Finished {
@@ -193,7 +202,11 @@ impl Drop for RunnerGuard {
                 pool.fan_out(admitted);
             }
         }
-        pool.idle.notify_waiters();
+        // Waiters (`idle`, `shutdown`) are woken when this returns, even by
+        // a panic in the telemetry below: by then the abandoned run's
+        // duration is in the meter's hands, so a shutdown that returns has
+        // it to flush.
+        let _wake = WakeIdle(&pool.idle);
         if let Some(current) = current {
             if panicking {
                 // Dropping its spans would call the subscriber that may have

@@ -188,8 +188,9 @@ impl BackgroundTx {
     ///
     /// Tasks spawned after this call are dropped with reason `closed`.
     /// Calling it again waits again and returns a fresh report. On return,
-    /// every histogram value the pool held in its record batches has gone
-    /// to the meter: shut the pool down before the meter provider.
+    /// the histogram values of every run that ended have gone to the meter
+    /// (a task still running, counted in the report's `running`, records
+    /// when it ends): shut the pool down before the meter provider.
     ///
     /// # Cancel safety
     ///

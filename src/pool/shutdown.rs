@@ -68,9 +68,12 @@ impl Pool {
             drop(state);
             self.snapshot()
         };
-        // Every run has recorded its end by now: hand the held histogram
+        // Every run that ended has recorded its end by now (a runner wakes
+        // the idle waiters only after recording): hand the held histogram
         // values to the meter, so the application's final collection (at
-        // its meter provider's shutdown) has them all.
+        // its meter provider's shutdown) has them. A runner reported still
+        // running records when it ends; its values go with the next
+        // collection or the pool's drop.
         self.telemetry.flush_records();
         let report = ShutdownReport::from_snapshot(snapshot, drained, started.elapsed());
         report.log();

@@ -48,8 +48,10 @@ struct Slot {
 }
 
 impl Slot {
+    /// Hands the values over one by one: if the SDK's record panics, the
+    /// values not yet handed over stay held (a drain would drop them).
     fn flush(&mut self) {
-        for value in self.values.drain(..) {
+        while let Some(value) = self.values.pop() {
             self.histogram.record(value);
         }
     }
@@ -88,8 +90,8 @@ impl RecordBatches {
     pub(super) fn record(&self, records: &[(&Arc<BoundHistogram<f64>>, f64)]) {
         let thread = THREAD.with(|thread| *thread);
         let shard = &self.shards[thread & (self.shards.len() - 1)];
-        // A panic in the SDK's record leaves the slots whole: a value is
-        // either still held or already handed over.
+        // After a panic in the SDK's record the slots are still whole (see
+        // `Slot::flush`), so a poisoned lock is used as it is.
         let mut guard = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
         let Slots { slots, evict_next } = &mut *guard;
         for &(histogram, value) in records {
