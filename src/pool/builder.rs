@@ -206,10 +206,11 @@ impl Builder {
     /// `bg.task.busy`, `bg.task.busy_ms`, the snapshot's `busy_ms`) when
     /// telemetry is on. It costs two clock reads per suspension (with
     /// metrics only, none for a task that completes in its first poll;
-    /// with spans recorded, one more) and one histogram record per task. For a no-op task with metrics on, on a 2-core machine,
-    /// that is 1-7% of throughput and 9.5% of its instructions through
-    /// bound instruments (the default), and 25% of its instructions
-    /// without them; real tasks dwarf it. Defaults to on.
+    /// with spans recorded, one more) and one histogram record per task.
+    /// For a no-op task with metrics on, on a 2-core machine, that is 0-7%
+    /// of throughput (medians by benchmark driver) and 9.5% of its
+    /// instructions through bound instruments (the default), and 25% of
+    /// its instructions without them; real tasks dwarf it. Defaults to on.
     pub fn busy_time(mut self, on: bool) -> Self {
         self.busy_time = on;
         self
