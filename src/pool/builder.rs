@@ -224,8 +224,9 @@ impl Builder {
     /// of a histogram at a time, so two workers seldom fight over one of
     /// the SDK's histogram locks. Every collection first hands the held
     /// values over, as long as one of the pool's observable instruments is
-    /// kept by the meter's views, and so do the pool's shutdown and drop. Without the feature, histograms are never bound and this
-    /// does nothing. Defaults to on.
+    /// kept by the meter's views, and so do the pool's shutdown and drop.
+    /// Without the feature, histograms are never bound and this does
+    /// nothing. Defaults to on.
     ///
     /// Turn it off when the meter is not from `opentelemetry_sdk`: an
     /// implementation that does not bind drops what is recorded this way

@@ -42,15 +42,15 @@ pub(crate) struct TaskAttributes {
     pub(crate) failure_log: RateLimit,
 }
 
-/// How a histogram records into one attribute set. With `bound-metrics`
-/// (unless the pool was built with `bound_metrics(false)`), through a
-/// handle bound to the set at its first record: outside the pool's lock
-/// (binding calls into the meter), and not before, because the SDK exports
-/// a bound set from the moment it is bound, with a count of 0 if nothing
-/// was recorded, where an unbound one appears at its first record. Only the
-/// pool that made a [`TaskAttributes`] records through it, so the handle is
-/// always bound to that pool's instrument. Otherwise the set goes with
-/// every record.
+/// A histogram's handle bound to one attribute set, for the bound records
+/// (`bound-metrics`, unless the pool was built with `bound_metrics(false)`;
+/// otherwise it stays empty and the set goes with every record). Bound at
+/// the set's first record: outside the pool's lock (binding calls into the
+/// meter), and not before, because the SDK exports a bound set from the
+/// moment it is bound, with a count of 0 if nothing was recorded, where an
+/// unbound one appears at its first record. Only the pool that made a
+/// [`TaskAttributes`] records through it, so the handle is always bound to
+/// that pool's instrument.
 #[derive(Default)]
 pub(super) struct SetRecorder(#[cfg(feature = "bound-metrics")] OnceLock<Arc<BoundHistogram<f64>>>);
 

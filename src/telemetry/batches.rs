@@ -10,10 +10,10 @@
 //!
 //! No value waits past the next collection: the pool's observable
 //! instruments empty every shard in their callbacks, which the SDK runs
-//! before it reads any histogram. The pool empties them again when it is
-//! dropped. A `View` that drops all of the pool's observable instruments
-//! removes their callbacks; values then reach the SDK when a batch fills or
-//! the pool is dropped.
+//! before it reads any histogram. The pool empties them again at its
+//! shutdown and when it is dropped. A `View` that drops all of the pool's
+//! observable instruments removes their callbacks; values then reach the
+//! SDK when a batch fills, at shutdown or when the pool is dropped.
 //!
 //! Only bound records are batched: they come from `opentelemetry_sdk`,
 //! whose collections run those callbacks. Unbound records go to the meter
@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use opentelemetry::metrics::BoundHistogram;
 
 /// Values of one histogram held before they go to the SDK together.
-pub(super) const BATCH: usize = 64;
+const BATCH: usize = 64;
 
 /// Histograms (bound attribute sets) a shard batches at once: a task name
 /// uses three (its wait, its outcome's duration, its busy time), so two

@@ -66,9 +66,8 @@ pub(crate) struct Scoped {
 /// pick-up work, recording the wait (usually a push into a batch, a
 /// fraction of a microsecond; at times a batch of 64 values handed to the
 /// SDK, a few microseconds), which a clock read would cost more than it
-/// removes. When spans are
-/// recorded their creation takes microseconds, so it starts at a reading
-/// taken just before the first poll.
+/// removes. When spans are recorded their creation takes microseconds, so
+/// it starts at a reading taken just before the first poll.
 ///
 /// Readings are `tokio::time::Instant`s, like the run time's: under a
 /// paused test clock both are the mocked time.
